@@ -1,0 +1,219 @@
+//! Wiring: builds the node from a config, binds both listeners (port 0 works,
+//! for tests), and runs everything until a shutdown future resolves.
+//!
+//! Shutdown order: leave the cluster roster, stop accepting, close every
+//! socket with 1001 (sessions watch the node's cancellation token), then wait
+//! (bounded) for every tracked task, upgraded sockets included.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::cluster::Cluster;
+use crate::config::{redact_url, Config};
+use crate::node::Node;
+use crate::registry::{RedisRegistry, Registry};
+
+/// How long shutdown waits for sockets and tasks before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+const LISTEN_BACKLOG: i32 = 4096;
+
+pub struct App {
+    node: Arc<Node>,
+    ws_listener: TcpListener,
+    internal_listener: TcpListener,
+}
+
+impl App {
+    /// Builds the node and binds both listeners; nothing is served yet.
+    pub async fn bind(config: Config) -> anyhow::Result<App> {
+        let node_id = hex::encode(rand::random::<[u8; 8]>());
+        let cluster = match &config.redis_url {
+            Some(url) => Some(
+                Cluster::new(&config, url, &node_id)
+                    .with_context(|| format!("redis_url {}", redact_url(url.expose())))?,
+            ),
+            None => None,
+        };
+        let redis_registry = cluster.as_ref().map(|c| RedisRegistry::new(c.link()));
+        let registry = Registry::new(config.topic_ttl, redis_registry);
+        let ws_listener = bind_listener(&config.ws_bind, config.ws_port).with_context(|| {
+            format!(
+                "cannot listen on ws_bind {:?} ws_port {}",
+                config.ws_bind, config.ws_port
+            )
+        })?;
+        let internal_listener = bind_listener(&config.internal_bind, config.internal_port)
+            .with_context(|| {
+                format!(
+                    "cannot listen on internal_bind {:?} internal_port {}",
+                    config.internal_bind, config.internal_port
+                )
+            })?;
+        let node = Node::new(config, registry, cluster, node_id);
+        Ok(App {
+            node,
+            ws_listener,
+            internal_listener,
+        })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn node(&self) -> Arc<Node> {
+        Arc::clone(&self.node)
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let App {
+            node,
+            ws_listener,
+            internal_listener,
+        } = self;
+        if let Some(cluster) = &node.cluster {
+            cluster.spawn(&node);
+        }
+        node.tasks.spawn(sweep_registry(Arc::clone(&node)));
+        node.tasks
+            .spawn(serve_public(ws_listener, Arc::clone(&node)));
+        let internal = axum::serve(internal_listener, crate::http::router(Arc::clone(&node)))
+            .with_graceful_shutdown(node.shutdown.clone().cancelled_owned());
+        let internal = node.tasks.spawn(async move {
+            if let Err(error) = internal.await {
+                tracing::error!(%error, "internal listener failed");
+            }
+        });
+
+        shutdown.await;
+        tracing::info!("shutting down: closing every socket with 1001");
+        if let Some(cluster) = &node.cluster {
+            cluster.leave().await;
+        }
+        node.shutdown.cancel();
+        node.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, node.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = node.tasks.len(),
+                "shutdown grace period over; exiting with tasks still running"
+            );
+        }
+        internal.abort();
+        Ok(())
+    }
+}
+
+/// Accepts public connections: HTTP/1.1 with a deadline on the request head
+/// (slow-loris), upgrades to WebSocket.
+async fn serve_public(listener: TcpListener, node: Arc<Node>) {
+    let router = crate::ws::router(Arc::clone(&node));
+    let header_timeout = node.config.limits.handshake_timeout;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = node.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shutdown = node.shutdown.clone();
+        node.tasks.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(request)
+                });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+            }
+        });
+    }
+}
+
+/// Frees expired registrations every second, so expiry releases memory.
+async fn sweep_registry(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { node.registry.sweep(); }
+            _ = node.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Binds a listener; an empty host means every interface, IPv4 and IPv6.
+fn bind_listener(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    match host {
+        "" => bind_addr(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            true,
+        )
+        .or_else(|_| {
+            bind_addr(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                false,
+            )
+        }),
+        "localhost" => bind_addr(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            false,
+        ),
+        other => {
+            let ip: IpAddr = other.parse().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address")
+            })?;
+            bind_addr(SocketAddr::new(ip, port), false)
+        }
+    }
+}
+
+fn bind_addr(addr: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,153 @@
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn load(text: &str) -> Result<Loaded, ConfigError> {
+    Config::from_yaml(text)
+}
+
+fn key_of(result: Result<Loaded, ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Key { key, .. }) => key,
+        Err(other) => panic!("expected a key error, got {other}"),
+        Ok(_) => panic!("expected an error"),
+    }
+}
+
+#[test]
+fn go_defaults() {
+    let loaded = load(&format!("worker_secret: {SECRET}\n")).expect("loads");
+    let c = loaded.config;
+    assert_eq!((c.ws_port, c.internal_port), (9000, 9001));
+    assert_eq!(c.ws_bind, "");
+    assert_eq!(c.internal_bind, "127.0.0.1");
+    assert_eq!(c.topic_ttl, Duration::from_secs(86_400));
+    assert!(c.redis_url.is_none());
+    assert!(loaded.warnings.is_empty());
+    assert!(!loaded.generated_secret);
+}
+
+#[test]
+fn go_style_file_with_quotes_and_comments() {
+    let text = format!(
+        "# Wavelog — worker\nws_port: \"9100\"\ninternal_port: 9101\nws_bind: \"127.0.0.1\"\n\
+         worker_secret: \"{SECRET}\"\nredis_url: \"\"\ntopic_ttl: 1h30m\n"
+    );
+    let c = load(&text).expect("loads").config;
+    assert_eq!((c.ws_port, c.internal_port), (9100, 9101));
+    assert_eq!(c.topic_ttl, Duration::from_secs(5400));
+    assert!(c.redis_url.is_none());
+}
+
+#[test]
+fn secret_rules_name_the_key() {
+    assert_eq!(key_of(load("ws_port: 9000\n")), "worker_secret");
+    assert_eq!(key_of(load("worker_secret: \"\"\n")), "worker_secret");
+    assert_eq!(
+        key_of(load(&format!("worker_secret: {}\n", &SECRET[..31]))),
+        "worker_secret"
+    );
+}
+
+#[test]
+fn bad_ttl_values_name_the_key() {
+    for ttl in ["banana", "0s", "-5m", "10", "0", "\"\""] {
+        let text = format!("worker_secret: {SECRET}\ntopic_ttl: {ttl}\n");
+        assert_eq!(key_of(load(&text)), "topic_ttl", "topic_ttl {ttl}");
+    }
+}
+
+#[test]
+fn bad_values_name_their_keys() {
+    let cases = [
+        ("ws_port: 70000", "ws_port"),
+        ("internal_port: abc", "internal_port"),
+        ("redis_url: \"http://localhost\"", "redis_url"),
+        ("redis_url: \"redis://\"", "redis_url"),
+        ("ws_bind: \"not an address\"", "ws_bind"),
+        ("log_format: xml", "log_format"),
+        ("redis:\n  command_timeout: fast", "redis.command_timeout"),
+        (
+            "limits:\n  trusted_proxies: [\"10.0.0.1\", \"nope\"]",
+            "limits.trusted_proxies",
+        ),
+    ];
+    for (line, key) in cases {
+        let text = format!("worker_secret: {SECRET}\n{line}\n");
+        assert_eq!(key_of(load(&text)), key, "{line}");
+    }
+}
+
+#[test]
+fn unknown_keys_warn_with_a_suggestion() {
+    let text = format!("worker_secret: {SECRET}\nredis_ulr: redis://x\nsome_future_option: 1\n");
+    let loaded = load(&text).expect("unknown keys are not fatal");
+    assert_eq!(loaded.warnings.len(), 2);
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("`redis_ulr`") && w.contains("`redis_url`")));
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("`some_future_option`")));
+}
+
+#[test]
+fn redis_section_and_url_forms() {
+    let text = format!(
+        "worker_secret: {SECRET}\nredis_url: rediss://user:pa55@redis.example:6380/3\n\
+         redis:\n  key_prefix: \"app:\"\n  command_timeout: 250ms\n"
+    );
+    let c = load(&text).expect("loads").config;
+    assert_eq!(c.redis.key_prefix, "app:");
+    assert_eq!(c.redis.command_timeout, Duration::from_millis(250));
+    let url = c.redis_url.expect("set");
+    assert_eq!(
+        redact_url(url.expose()),
+        "rediss://user:***@redis.example:6380/3"
+    );
+    assert!(!format!("{url:?}").contains("pa55"));
+}
+
+#[test]
+fn env_overrides_every_key() {
+    let dir = std::env::temp_dir().join(format!("skywave-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, format!("worker_secret: {SECRET}\nws_port: 9000\n")).expect("write");
+    let env = |name: &str| match name {
+        "SKYWAVE_WS_PORT" => Some("9300".to_string()),
+        "SKYWAVE_WORKER_SECRET" => Some("f".repeat(40)),
+        "SKYWAVE_REDIS_KEY_PREFIX" => Some("x:".to_string()),
+        "SKYWAVE_LIMITS_SOCKET_QUEUE" => Some("7".to_string()),
+        _ => None,
+    };
+    let c = Config::load(Some(&path), &env).expect("loads").config;
+    assert_eq!(c.ws_port, 9300);
+    assert_eq!(c.worker_secret.expose(), "f".repeat(40));
+    assert_eq!(c.redis.key_prefix, "x:");
+    assert_eq!(c.limits.socket_queue, 7);
+    for key in KEYS {
+        assert!(env_name(key).starts_with("SKYWAVE_"));
+    }
+    assert_eq!(
+        env_name("redis.command_timeout"),
+        "SKYWAVE_REDIS_COMMAND_TIMEOUT"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn no_file_generates_a_secret() {
+    let loaded = Config::load(None, &|_| None).expect("defaults");
+    assert!(loaded.generated_secret);
+    assert_eq!(loaded.config.worker_secret.expose().len(), 64);
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let err = Config::load(Some(Path::new("/nonexistent/skywave.yaml")), &|_| None)
+        .expect_err("must fail");
+    assert!(err.to_string().contains("/nonexistent/skywave.yaml"));
+}

@@ -1,0 +1,57 @@
+//! The ordered hand-off between publishers (the internal API, the Redis
+//! subscriber) and the hub. One task drains the queue, so frames for a topic
+//! reach every socket in the order they were published, and a publish call
+//! only waits for a queue slot, never for sockets.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Frame, Hub};
+use crate::metrics::Metrics;
+
+/// Publishes waiting for the fan-out task before publishers wait.
+const QUEUE: usize = 8_192;
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    tx: mpsc::Sender<(String, Frame)>,
+}
+
+impl Dispatcher {
+    /// The dispatcher and the fan-out task to spawn.
+    pub fn new(
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (tx, mut rx) = mpsc::channel::<(String, Frame)>(QUEUE);
+        let task = async move {
+            loop {
+                let next = tokio::select! {
+                    next = rx.recv() => next,
+                    _ = shutdown.cancelled() => None,
+                };
+                let Some((topic, frame)) = next else { return };
+                let delivery = hub.deliver(&topic, &frame);
+                metrics
+                    .deliveries
+                    .fetch_add(delivery.recipients as u64, Ordering::Relaxed);
+                if delivery.dropped > 0 {
+                    metrics
+                        .dropped_frames
+                        .fetch_add(delivery.dropped as u64, Ordering::Relaxed);
+                }
+            }
+        };
+        (Dispatcher { tx }, task)
+    }
+
+    /// Queues a frame for every socket on `topic` on this node.
+    pub async fn dispatch(&self, topic: String, frame: Frame) {
+        // Fails only after shutdown, when nothing is delivered any more.
+        let _ = self.tx.send((topic, frame)).await;
+    }
+}

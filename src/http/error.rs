@@ -1,0 +1,46 @@
+//! The one place that maps internal API outcomes to HTTP status codes. Bodies
+//! are short plain text, as the PHP library expects; causes of 5xx go to the
+//! log only.
+
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug)]
+pub enum ApiError {
+    NotFound,
+    MethodNotAllowed(Method),
+    Forbidden,
+    BadRequest(&'static str),
+    PayloadTooLarge,
+    TopicNotRegistered,
+    Timeout,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BadRequest(why) => (StatusCode::BAD_REQUEST, *why),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large (limit 1 MiB)",
+            ),
+            ApiError::TopicNotRegistered => (StatusCode::NOT_FOUND, "topic not registered"),
+            ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
+        };
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{body}\n"),
+        )
+            .into_response();
+        if let ApiError::MethodNotAllowed(allowed) = self {
+            if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,145 @@
+//! The internal listener: the HTTP API the publisher (PHP) calls, plus
+//! `/metrics`. Every request passes one guard, in the Go worker's order:
+//! wrong method -> 405, missing or wrong secret -> 403; the handlers then
+//! read the body (1 MiB cap -> 413, bad JSON -> 400).
+
+mod body;
+mod error;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use subtle::ConstantTimeEq;
+
+pub use self::error::ApiError;
+use crate::node::{Node, StatusRequest};
+
+pub const SECRET_HEADER: &str = "x-worker-secret";
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/internal/register", post(register))
+        .route("/internal/unregister", post(unregister))
+        .route("/internal/publish", post(publish))
+        .route("/internal/push", post(publish))
+        .route("/internal/status", get(status))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(Arc::clone(&node), guard))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(node)
+}
+
+/// The method each path takes; unknown paths are 404 before anything else.
+fn allowed_method(path: &str) -> Option<Method> {
+    match path {
+        "/internal/register" | "/internal/unregister" | "/internal/publish" | "/internal/push" => {
+            Some(Method::POST)
+        }
+        "/internal/status" | "/metrics" => Some(Method::GET),
+        _ => None,
+    }
+}
+
+async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    node.metrics.api_requests.fetch_add(1, Ordering::Relaxed);
+    let Some(allowed) = allowed_method(request.uri().path()) else {
+        return ApiError::NotFound.into_response();
+    };
+    if request.method() != allowed {
+        return ApiError::MethodNotAllowed(allowed).into_response();
+    }
+    if !secret_matches(request.headers(), node.config.worker_secret.expose()) {
+        return ApiError::Forbidden.into_response();
+    }
+    match tokio::time::timeout(node.config.limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+/// Constant-time comparison; an empty or missing header never matches.
+fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
+    let Some(given) = headers.get(SECRET_HEADER) else {
+        return false;
+    };
+    let given = given.as_bytes();
+    !given.is_empty() && given.ct_eq(secret.as_bytes()).into()
+}
+
+async fn register(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
+    let request = body::read(body).await?;
+    let topic = request.topic(node.config.limits.max_topic_length)?;
+    let meta = request.meta()?;
+    node.registry.register(&topic, meta).await;
+    Ok("ok\n")
+}
+
+async fn unregister(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
+    let request = body::read(body).await?;
+    let topic = request.topic(node.config.limits.max_topic_length)?;
+    node.registry.unregister(&topic).await;
+    Ok("ok\n")
+}
+
+async fn publish(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
+    let started = Instant::now();
+    let mut request = body::read(body).await?;
+    let topic = request.topic(node.config.limits.max_topic_length)?;
+    let payload = request.take_payload()?;
+    let result = node.publish(topic, payload).await;
+    node.metrics.observe_publish(started.elapsed());
+    result
+        .map(|()| "ok\n")
+        .map_err(|_| ApiError::TopicNotRegistered)
+}
+
+async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+    let flag = |name: &str| {
+        query.as_deref().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == name && v != "0" && v != "false")
+        })
+    };
+    let request = StatusRequest {
+        topic_lists: flag("topics"),
+        nodes: flag("nodes"),
+        uptime_seconds: false,
+    };
+    Json(node.status(request).await).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let text = node.metrics.render(&node).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        let mut headers = HeaderMap::new();
+        assert!(!secret_matches(&headers, "s3cret"));
+        headers.insert(SECRET_HEADER, "".parse().expect("header"));
+        assert!(!secret_matches(&headers, ""));
+        headers.insert(SECRET_HEADER, "s3cret".parse().expect("header"));
+        assert!(secret_matches(&headers, "s3cret"));
+        assert!(!secret_matches(&headers, "s3cre"));
+        assert!(!secret_matches(&headers, "S3CRET"));
+    }
+}

@@ -1,0 +1,324 @@
+//! Local fan-out: topic -> the sockets subscribed to it on this node.
+//!
+//! The hub never awaits and never does I/O. A publish is one shared frame
+//! (`Frame`, a reference-counted buffer) pushed into each subscriber's
+//! [`Outbox`]; the socket's own session task writes it out. A full outbox
+//! drops its *oldest* frame and counts it, so one slow socket costs a bounded
+//! amount of memory and never delays the publisher or any other socket.
+//!
+//! The hub also keeps the per-node counts the status endpoint reports.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+/// One encoded WebSocket text message, shared by every recipient.
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
+pub struct Hub {
+    topics: DashMap<Arc<str>, HashMap<u64, Arc<Outbox>>>,
+    users: DashMap<i64, usize>,
+    sockets: AtomicUsize,
+    anonymous: AtomicUsize,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+}
+
+/// The counts `/internal/status` reports for this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HubCounts {
+    pub active_topics: usize,
+    pub connected_sockets: usize,
+    pub connected_clients: usize,
+}
+
+/// What one delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivery {
+    pub recipients: usize,
+    /// Older frames pushed out of full outboxes by this delivery.
+    pub dropped: usize,
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            topics: DashMap::new(),
+            users: DashMap::new(),
+            sockets: AtomicUsize::new(0),
+            anonymous: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+        })
+    }
+
+    /// Subscribes a socket that passed auth. Dropping the returned
+    /// subscription unsubscribes it and updates the counts.
+    pub fn subscribe(self: &Arc<Self>, topic: &str, user_id: i64) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::new(self.queue_capacity));
+        let topic: Arc<str> = match self.topics.get(topic) {
+            Some(entry) => Arc::clone(entry.key()),
+            None => Arc::from(topic),
+        };
+        self.topics
+            .entry(Arc::clone(&topic))
+            .or_default()
+            .insert(id, Arc::clone(&outbox));
+        self.sockets.fetch_add(1, Ordering::Relaxed);
+        if user_id > 0 {
+            *self.users.entry(user_id).or_insert(0) += 1;
+        } else {
+            self.anonymous.fetch_add(1, Ordering::Relaxed);
+        }
+        Subscription {
+            hub: Arc::clone(self),
+            topic,
+            id,
+            user_id,
+            outbox,
+        }
+    }
+
+    /// Queues `frame` for every socket on `topic`.
+    pub fn deliver(&self, topic: &str, frame: &Frame) -> Delivery {
+        let Some(members) = self.topics.get(topic) else {
+            return Delivery::default();
+        };
+        let mut delivery = Delivery {
+            recipients: members.len(),
+            dropped: 0,
+        };
+        for outbox in members.values() {
+            if outbox.push(frame.clone()) {
+                delivery.dropped += 1;
+            }
+        }
+        delivery
+    }
+
+    pub fn counts(&self) -> HubCounts {
+        HubCounts {
+            active_topics: self.topics.len(),
+            connected_sockets: self.sockets.load(Ordering::Relaxed),
+            connected_clients: self.users.len() + self.anonymous.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Topics with at least one socket on this node, sorted.
+    pub fn active_topics(&self) -> Vec<String> {
+        let mut list: Vec<String> = self.topics.iter().map(|e| e.key().to_string()).collect();
+        list.sort();
+        list
+    }
+
+    fn unsubscribe(&self, topic: &str, id: u64, user_id: i64) {
+        // Takes the member out, and the topic too once it is empty.
+        self.topics.remove_if_mut(topic, |_, members| {
+            members.remove(&id);
+            members.is_empty()
+        });
+        self.sockets.fetch_sub(1, Ordering::Relaxed);
+        if user_id > 0 {
+            self.users.remove_if_mut(&user_id, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        } else {
+            self.anonymous.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A socket's place in the hub. Unsubscribes on drop.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    topic: Arc<str>,
+    id: u64,
+    user_id: i64,
+    outbox: Arc<Outbox>,
+}
+
+impl Subscription {
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.topic, self.id, self.user_id);
+    }
+}
+
+/// The bounded queue between the hub and one socket's session task.
+pub struct Outbox {
+    queue: Mutex<Pending>,
+    ready: Notify,
+}
+
+struct Pending {
+    frames: VecDeque<Frame>,
+    capacity: usize,
+    /// Frames dropped since the session last took the count.
+    missed: u64,
+}
+
+/// What the session writes next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// `missed` older frames were dropped before the frames that follow.
+    Lagged {
+        missed: u64,
+    },
+    Frame(Frame),
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Outbox {
+            queue: Mutex::new(Pending {
+                frames: VecDeque::new(),
+                capacity,
+                missed: 0,
+            }),
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panic while holding this lock cannot leave the queue inconsistent.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame; returns true if an older frame was dropped for it.
+    fn push(&self, frame: Frame) -> bool {
+        let dropped = {
+            let mut pending = self.lock();
+            let dropped = if pending.frames.len() >= pending.capacity {
+                pending.frames.pop_front();
+                pending.missed += 1;
+                true
+            } else {
+                false
+            };
+            pending.frames.push_back(frame);
+            dropped
+        };
+        self.ready.notify_one();
+        dropped
+    }
+
+    /// The next thing to write, if any: a lag notice first when frames were dropped.
+    pub fn pop(&self) -> Option<Outgoing> {
+        let mut pending = self.lock();
+        if pending.missed > 0 {
+            let missed = std::mem::take(&mut pending.missed);
+            return Some(Outgoing::Lagged { missed });
+        }
+        let next = pending.frames.pop_front();
+        if pending.frames.is_empty() && pending.frames.capacity() > 16 {
+            // Give back what a burst made the queue grow to.
+            pending.frames = VecDeque::new();
+        }
+        next.map(Outgoing::Frame)
+    }
+
+    /// Resolves when frames were queued since the last call (cancel-safe).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Frame {
+        Frame::from(text.to_string())
+    }
+
+    #[test]
+    fn counts_follow_subscriptions() {
+        let hub = Hub::new(8);
+        let a1 = hub.subscribe("a", 7);
+        let a2 = hub.subscribe("a", 7);
+        let b = hub.subscribe("b", 7);
+        let anon1 = hub.subscribe("p", 0);
+        let anon2 = hub.subscribe("p", 0);
+        assert_eq!(
+            hub.counts(),
+            HubCounts {
+                active_topics: 3,
+                connected_sockets: 5,
+                connected_clients: 3
+            }
+        );
+        drop(a1);
+        drop(anon1);
+        assert_eq!(
+            hub.counts(),
+            HubCounts {
+                active_topics: 3,
+                connected_sockets: 3,
+                connected_clients: 2
+            }
+        );
+        drop((a2, b, anon2));
+        assert_eq!(hub.counts(), HubCounts::default());
+        assert!(hub.active_topics().is_empty());
+    }
+
+    #[test]
+    fn delivers_the_same_buffer_to_every_subscriber() {
+        let hub = Hub::new(8);
+        let s1 = hub.subscribe("t", 1);
+        let s2 = hub.subscribe("t", 2);
+        let other = hub.subscribe("u", 3);
+        let f = frame("{\"type\":\"push\",\"payload\":1}");
+        assert_eq!(hub.deliver("t", &f).recipients, 2);
+        for s in [&s1, &s2] {
+            match s.outbox().pop() {
+                Some(Outgoing::Frame(got)) => {
+                    assert_eq!(got.as_str().as_ptr(), f.as_str().as_ptr())
+                }
+                other => panic!("expected the frame, got {other:?}"),
+            }
+        }
+        assert!(other.outbox().is_empty());
+        assert_eq!(hub.deliver("nobody", &f), Delivery::default());
+    }
+
+    #[test]
+    fn full_outbox_drops_the_oldest_and_reports_the_gap() {
+        let hub = Hub::new(3);
+        let s = hub.subscribe("t", 1);
+        let mut dropped = 0;
+        for i in 0..5 {
+            dropped += hub.deliver("t", &frame(&i.to_string())).dropped;
+        }
+        assert_eq!(dropped, 2);
+        assert_eq!(s.outbox().pop(), Some(Outgoing::Lagged { missed: 2 }));
+        for want in ["2", "3", "4"] {
+            assert_eq!(s.outbox().pop(), Some(Outgoing::Frame(frame(want))));
+        }
+        assert_eq!(s.outbox().pop(), None);
+    }
+}

@@ -1,0 +1,277 @@
+//! The `skywave` command: runs the worker, or one of the operator helpers
+//! (`check-config`, `token`, `gen-secret`, `healthcheck`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use skywave::config::{env_name, format_go_duration, parse_go_duration, Config, Loaded, Secret};
+
+#[derive(Parser)]
+#[command(name = "skywave", version = skywave::version(), about = "WebSocket event fan-out worker (drop-in replacement for wavelog_worker)")]
+struct Cli {
+    /// YAML config file (the Go worker's `-config PATH` works too). Without
+    /// one, skywave runs on built-in single-instance defaults.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker (the default).
+    Run,
+    /// Validate a config file and print the effective settings.
+    CheckConfig {
+        /// The file to check (defaults to --config).
+        path: Option<PathBuf>,
+    },
+    /// Print a token for a topic, signed with the configured secret (for testing).
+    Token {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 1)]
+        user: i64,
+        /// Lifetime, as a Go duration.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Print an HS256 JWT instead of the Go worker's hex token.
+        #[arg(long)]
+        jwt: bool,
+    },
+    /// Print a fresh random secret (64 hex characters).
+    GenSecret,
+    /// Exit 0 if the local public listener answers /healthz (for container health checks).
+    Healthcheck {
+        /// Defaults to http://127.0.0.1:<ws_port>/healthz.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(go_style_args(std::env::args()));
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config.as_deref()),
+        Command::CheckConfig { path } => check_config(path.as_deref().or(cli.config.as_deref())),
+        Command::Token {
+            topic,
+            user,
+            ttl,
+            jwt,
+        } => token(cli.config.as_deref(), &topic, user, &ttl, jwt),
+        Command::GenSecret => {
+            println!("{}", Secret::generate().expose());
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck { url } => healthcheck(cli.config.as_deref(), url),
+    }
+}
+
+/// Accepts the Go flag spelling `-config PATH` / `-config=PATH`.
+fn go_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.map(|arg| match arg.as_str() {
+        "-config" => "--config".to_string(),
+        _ if arg.starts_with("-config=") => format!("-{arg}"),
+        _ => arg,
+    })
+    .collect()
+}
+
+fn load(path: Option<&Path>) -> Result<Loaded, ExitCode> {
+    Config::load(path, &|name| std::env::var(name).ok()).map_err(|error| {
+        eprintln!("skywave: {error}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let config = loaded.config;
+    skywave::telemetry::init(&config.log_level, config.log_format);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    if loaded.generated_secret {
+        eprintln!(
+            "\n*** WARNING: no worker_secret configured: generated one for this run only ***\n\
+             *** worker_secret: {}\n\
+             *** Use it to try things out; set worker_secret (or {}) for real use. ***\n",
+            config.worker_secret.expose(),
+            env_name("worker_secret"),
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("skywave: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match skywave::App::bind(config).await {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::error!("{error:#}");
+                eprintln!("skywave: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let node = app.node();
+        tracing::info!(
+            version = skywave::version(),
+            ws = %app.ws_addr(),
+            internal = %app.internal_addr(),
+            mode = node.mode().as_str(),
+            node_id = %node.node_id,
+            "skywave listening"
+        );
+        match app.run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!("{error:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn check_config(path: Option<&Path>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("skywave check-config: name a file (skywave check-config PATH)");
+        return ExitCode::from(2);
+    };
+    let loaded = match load(Some(path)) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    for warning in &loaded.warnings {
+        println!("warning: {warning}");
+    }
+    println!("{}: OK", path.display());
+    println!("{}", loaded.config.describe());
+    match loaded.config.redis_url {
+        Some(_) => {
+            println!("mode: cluster (falls back to running alone while Redis is unreachable)")
+        }
+        None => println!("mode: single-instance (no redis_url)"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn token(path: Option<&Path>, topic: &str, user: i64, ttl: &str, jwt: bool) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    if loaded.generated_secret {
+        eprintln!(
+            "skywave token: no worker_secret configured (use --config or {})",
+            env_name("worker_secret")
+        );
+        return ExitCode::from(2);
+    }
+    let ttl: Duration = match parse_go_duration(ttl) {
+        Ok(ttl) if !ttl.is_zero() => ttl,
+        Ok(_) => {
+            eprintln!("skywave token: --ttl must be greater than zero");
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("skywave token: --ttl: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let secret = loaded.config.worker_secret.expose().as_bytes();
+    let expires = skywave::auth::unix_now() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let token = if jwt {
+        match skywave::auth::sign_jwt(secret, user, topic, expires) {
+            Ok(token) => token,
+            Err(error) => {
+                eprintln!("skywave token: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        skywave::auth::sign_hex_token(secret, user, topic, expires)
+    };
+    eprintln!(
+        "token for topic {topic:?}, user {user}, valid for {}",
+        format_go_duration(ttl)
+    );
+    println!("{token}");
+    ExitCode::SUCCESS
+}
+
+/// A dependency-free HTTP/1.0 GET, so container images need no curl.
+fn healthcheck(path: Option<&Path>, url: Option<String>) -> ExitCode {
+    use std::io::{Read, Write};
+    let url = url.unwrap_or_else(|| {
+        let port = Config::load(path, &|name| std::env::var(name).ok())
+            .map(|l| l.config.ws_port)
+            .unwrap_or(9000);
+        format!("http://127.0.0.1:{port}/healthz")
+    });
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("healthcheck: only http:// URLs are supported");
+        return ExitCode::from(2);
+    };
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let result = (|| -> std::io::Result<String> {
+        use std::net::ToSocketAddrs;
+        let addr = host
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.take(4096).read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response)
+            if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") =>
+        {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("unhealthy: {}", response.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {url}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The JSON frames the server sends, each encoded once. A push frame is built
+//! around the payload's raw JSON text, so the payload is never re-encoded and
+//! the same buffer goes to every recipient.
+
+use serde_json::value::RawValue;
+
+use crate::hub::Frame;
+use crate::node::StatusReport;
+
+pub fn push_frame(payload: &RawValue) -> Frame {
+    let payload = payload.get();
+    let mut text = String::with_capacity(payload.len() + 28);
+    text.push_str("{\"type\":\"push\",\"payload\":");
+    text.push_str(payload);
+    text.push('}');
+    Frame::from(text)
+}
+
+pub fn auth_ok() -> Frame {
+    Frame::from_static("{\"type\":\"auth_ok\"}")
+}
+
+pub fn error(code: &str, message: &str) -> Frame {
+    let value = serde_json::json!({ "type": "error", "code": code, "message": message });
+    Frame::from(value.to_string())
+}
+
+pub fn lagged(missed: u64) -> Frame {
+    Frame::from(format!("{{\"type\":\"lagged\",\"missed\":{missed}}}"))
+}
+
+pub fn status(report: &StatusReport) -> Frame {
+    #[derive(serde::Serialize)]
+    struct StatusFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: &'a StatusReport,
+    }
+    let text = serde_json::to_string(&StatusFrame {
+        kind: "status",
+        payload: report,
+    })
+    .unwrap_or_else(|_| "{\"type\":\"status\",\"payload\":{}}".to_string());
+    Frame::from(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_wraps_the_raw_payload() {
+        let raw = RawValue::from_string("[1, {\"a\":\"\\u00e9\"}]".to_string()).expect("raw");
+        let frame = push_frame(&raw);
+        assert_eq!(
+            frame.as_str(),
+            "{\"type\":\"push\",\"payload\":[1, {\"a\":\"\\u00e9\"}]}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(frame.as_str()).expect("json");
+        assert_eq!(parsed["payload"][1]["a"], "é");
+    }
+
+    #[test]
+    fn small_frames() {
+        assert_eq!(lagged(3).as_str(), "{\"type\":\"lagged\",\"missed\":3}");
+        let e: serde_json::Value =
+            serde_json::from_str(error("unauthorized", "invalid or expired token").as_str())
+                .expect("json");
+        assert_eq!(e["type"], "error");
+        assert_eq!(e["code"], "unauthorized");
+    }
+}

@@ -1,0 +1,134 @@
+//! The public listener: `GET /ws?topic=T` (checked before the upgrade: 400
+//! without a topic, 404 for an unknown one) and `GET /healthz`.
+//! `session.rs` runs each upgraded socket; `auth.rs` checks its first frame;
+//! `frames.rs` encodes what the server sends.
+
+mod auth;
+mod frames;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tracing::Instrument;
+
+pub use self::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
+pub use self::frames::push_frame;
+use crate::cluster::Mode;
+use crate::metrics::Refusal;
+use crate::node::Node;
+
+/// Inbound messages larger than this close the socket with 1009.
+pub const MAX_INBOUND_MESSAGE: usize = 4096;
+/// Read buffer per socket: inbound traffic is one small auth frame and pongs.
+const READ_BUFFER: usize = 512;
+/// The largest frame a socket may have to write: a 1 MiB payload plus framing.
+const MAX_WRITE_BUFFER: usize = 2 << 20;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .with_state(node)
+}
+
+/// 200 while the node serves sockets. The body says `ok` or `degraded`
+/// (configured for a cluster, Redis away); `?strict=1` answers 503 when
+/// degraded, for balancers that should avoid such a node.
+async fn healthz(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+    let degraded = node.mode() == Mode::Degraded;
+    let strict = query_value(query.as_deref(), "strict").is_some_and(|v| v == "1" || v == "true");
+    let status = if degraded && strict {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = if degraded { "degraded\n" } else { "ok\n" };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(topic) = query_value(query.as_deref(), "topic").filter(|t| !t.is_empty()) else {
+        node.metrics.refused(Refusal::BadRequest);
+        return plain(StatusCode::BAD_REQUEST, "missing topic");
+    };
+    if topic.len() > node.config.limits.max_topic_length {
+        node.metrics.refused(Refusal::BadRequest);
+        return plain(StatusCode::BAD_REQUEST, "topic too long");
+    }
+    let Some(meta) = node.registry.lookup(&topic).await else {
+        node.metrics.refused(Refusal::NotRegistered);
+        return plain(StatusCode::NOT_FOUND, "topic not registered");
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    node.metrics.upgrades.fetch_add(1, Ordering::Relaxed);
+    // Keeps shutdown waiting for this socket: axum spawns upgraded sockets
+    // outside the node's tracker.
+    let tracked = node.tasks.token();
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_INBOUND_MESSAGE)
+        .max_frame_size(MAX_INBOUND_MESSAGE)
+        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let span = tracing::debug_span!("session", peer = %peer.ip());
+            session::run(socket, node, topic, meta)
+                .instrument(span)
+                .await;
+            drop(tracked);
+        })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The first value of `name` in a URL query string, percent-decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_from_query() {
+        assert_eq!(
+            query_value(Some("topic=a%2Fb%3Ac%C3%A9"), "topic").as_deref(),
+            Some("a/b:cé")
+        );
+        assert_eq!(query_value(Some("foo=bar"), "topic"), None);
+        assert_eq!(query_value(Some("topic="), "topic").as_deref(), Some(""));
+        assert_eq!(query_value(None, "topic"), None);
+    }
+}
