@@ -43,6 +43,19 @@ enum Command {
     },
     /// Print a fresh random secret (64 hex characters).
     GenSecret,
+    /// Connect to a topic like a browser and print what arrives (for trying things out).
+    Listen {
+        #[arg(long)]
+        topic: String,
+        /// The public listener.
+        #[arg(long, default_value = "ws://127.0.0.1:9000")]
+        url: String,
+        /// Token to send; by default one is signed with the configured secret.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        user: i64,
+    },
     /// Exit 0 if the local public listener answers /healthz (for container health checks).
     Healthcheck {
         /// Defaults to http://127.0.0.1:<ws_port>/healthz.
@@ -67,6 +80,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck { url } => healthcheck(cli.config.as_deref(), url),
+        Command::Listen {
+            topic,
+            url,
+            token,
+            user,
+        } => listen(cli.config.as_deref(), &topic, &url, token, user),
     }
 }
 
@@ -274,4 +293,77 @@ fn healthcheck(path: Option<&Path>, url: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn listen(
+    path: Option<&Path>,
+    topic: &str,
+    url: &str,
+    token: Option<String>,
+    user: i64,
+) -> ExitCode {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let token = match token {
+        Some(token) => token,
+        None => {
+            let loaded = match load(path) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
+            };
+            if loaded.generated_secret {
+                eprintln!(
+                    "skywave listen: no worker_secret configured (use --config, {} or --token)",
+                    env_name("worker_secret")
+                );
+                return ExitCode::from(2);
+            }
+            let secret = loaded.config.worker_secret.expose().as_bytes();
+            skywave::auth::sign_hex_token(secret, user, topic, skywave::auth::unix_now() + 86_400)
+        }
+    };
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("topic", topic)
+        .finish();
+    let target = format!("{}/ws?{query}", url.trim_end_matches('/'));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("skywave listen: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (mut socket, _) = match tokio_tungstenite::connect_async(target.as_str()).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                eprintln!("skywave listen: {target}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let auth = serde_json::json!({ "type": "auth", "token": token }).to_string();
+        if let Err(error) = socket.send(Message::text(auth)).await {
+            eprintln!("skywave listen: {error}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("listening on {target} (Ctrl-C to stop)");
+        while let Some(message) = socket.next().await {
+            match message {
+                Ok(Message::Text(text)) => println!("{text}"),
+                Ok(Message::Close(frame)) => {
+                    eprintln!("closed: {frame:?}");
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    eprintln!("skywave listen: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }

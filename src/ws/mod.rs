@@ -5,6 +5,7 @@
 
 mod auth;
 mod frames;
+mod limits;
 mod session;
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -32,17 +33,40 @@ const READ_BUFFER: usize = 512;
 /// The largest frame a socket may have to write: a 1 MiB payload plus framing.
 const MAX_WRITE_BUFFER: usize = 2 << 20;
 
+pub use self::limits::{Admission, Admissions, Refused};
+
+/// What the public listener's handlers share.
+#[derive(Clone)]
+struct Public {
+    node: Arc<Node>,
+    admissions: Arc<Admissions>,
+}
+
+/// The public router; also starts the sweeper of per-address state.
 pub fn router(node: Arc<Node>) -> Router {
+    let admissions = Admissions::new(&node.config.limits);
+    node.tasks
+        .spawn(sweep_admissions(Arc::clone(&node), Arc::clone(&admissions)));
     Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
-        .with_state(node)
+        .with_state(Public { node, admissions })
+}
+
+async fn sweep_admissions(node: Arc<Node>, admissions: Arc<Admissions>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => admissions.sweep(),
+            _ = node.shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// 200 while the node serves sockets. The body says `ok` or `degraded`
 /// (configured for a cluster, Redis away); `?strict=1` answers 503 when
 /// degraded, for balancers that should avoid such a node.
-async fn healthz(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {
+async fn healthz(State(Public { node, .. }): State<Public>, RawQuery(query): RawQuery) -> Response {
     let degraded = node.mode() == Mode::Degraded;
     let strict = query_value(query.as_deref(), "strict").is_some_and(|v| v == "1" || v == "true");
     let status = if degraded && strict {
@@ -60,9 +84,10 @@ async fn healthz(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Re
 }
 
 async fn upgrade(
-    State(node): State<Arc<Node>>,
+    State(Public { node, admissions }): State<Public>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(topic) = query_value(query.as_deref(), "topic").filter(|t| !t.is_empty()) else {
@@ -73,6 +98,20 @@ async fn upgrade(
         node.metrics.refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "topic too long");
     }
+    let client = admissions.client_address(peer.ip(), &headers);
+    let admission = match admissions.admit(client) {
+        Ok(admission) => admission,
+        Err(refused) => {
+            node.metrics.refused(Refusal::Limit);
+            tracing::debug!(client = %client, ?refused, "connection refused by a limit");
+            return match refused {
+                Refused::NodeFull => plain(StatusCode::SERVICE_UNAVAILABLE, "server full"),
+                Refused::AddressFull | Refused::RateExceeded => {
+                    plain(StatusCode::TOO_MANY_REQUESTS, "too many connections")
+                }
+            };
+        }
+    };
     let Some(meta) = node.registry.lookup(&topic).await else {
         node.metrics.refused(Refusal::NotRegistered);
         return plain(StatusCode::NOT_FOUND, "topic not registered");
@@ -93,11 +132,11 @@ async fn upgrade(
         .max_frame_size(MAX_INBOUND_MESSAGE)
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            let span = tracing::debug_span!("session", peer = %peer.ip());
+            let span = tracing::debug_span!("session", client = %client);
             session::run(socket, node, topic, meta)
                 .instrument(span)
                 .await;
-            drop(tracked);
+            drop((admission, tracked));
         })
 }
 
