@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::frames;
@@ -37,7 +37,9 @@ mod close {
 }
 
 pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: TopicMeta) {
-    let user_id = match authenticate(&mut socket, &node, &topic, meta).await {
+    // Boxed: the handshake's state is needed once and should not stay in the
+    // (long-lived) session future; the same goes for status requests below.
+    let user_id = match Box::pin(authenticate(&mut socket, &node, &topic, meta)).await {
         Some(user_id) => user_id,
         None => return,
     };
@@ -54,9 +56,17 @@ pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: To
     let mut last_heard = Instant::now();
     let mut next_ping = last_heard + PING_INTERVAL;
     let mut last_status: Option<Instant> = None;
+    // One timer for both the ping and the idle deadline, reset only when
+    // the earlier of the two moves.
+    let keepalive = tokio::time::sleep_until(next_ping);
+    tokio::pin!(keepalive);
 
     loop {
         let idle_deadline = last_heard + IDLE_TIMEOUT;
+        let wake_at = next_ping.min(idle_deadline);
+        if keepalive.deadline() != wake_at {
+            keepalive.as_mut().reset(wake_at);
+        }
         tokio::select! {
             _ = node.shutdown.cancelled() => {
                 close_with(&mut socket, close::GOING_AWAY, "server shutting down").await;
@@ -104,7 +114,8 @@ pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: To
                             && last_status.is_none_or(|at| at.elapsed() >= STATUS_THROTTLE) =>
                     {
                         last_status = Some(Instant::now());
-                        let report = node.status(StatusRequest { uptime_seconds: true, ..Default::default() }).await;
+                        let request = StatusRequest { uptime_seconds: true, ..Default::default() };
+                        let report = Box::pin(node.status(request)).await;
                         if send(&mut socket, Message::Text(frames::status(&report))).await.is_err() {
                             return;
                         }
@@ -113,7 +124,7 @@ pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: To
                     _ => {}
                 }
             }
-            _ = sleep_until(next_ping.min(idle_deadline)) => {
+            () = &mut keepalive => {
                 if Instant::now() >= idle_deadline {
                     node.metrics.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("dropping a silent socket");
