@@ -17,7 +17,7 @@ pub fn push_frame(payload: &RawValue) -> Frame {
 }
 
 pub fn auth_ok() -> Frame {
-    Frame::from_static("{\"type\":\"auth_ok\"}")
+    Frame::from_static(b"{\"type\":\"auth_ok\"}")
 }
 
 pub fn error(code: &str, message: &str) -> Frame {
@@ -53,18 +53,18 @@ mod tests {
         let raw = RawValue::from_string("[1, {\"a\":\"\\u00e9\"}]".to_string()).expect("raw");
         let frame = push_frame(&raw);
         assert_eq!(
-            frame.as_str(),
-            "{\"type\":\"push\",\"payload\":[1, {\"a\":\"\\u00e9\"}]}"
+            &frame[..],
+            &b"{\"type\":\"push\",\"payload\":[1, {\"a\":\"\\u00e9\"}]}"[..]
         );
-        let parsed: serde_json::Value = serde_json::from_str(frame.as_str()).expect("json");
+        let parsed: serde_json::Value = serde_json::from_slice(&frame).expect("json");
         assert_eq!(parsed["payload"][1]["a"], "é");
     }
 
     #[test]
     fn small_frames() {
-        assert_eq!(lagged(3).as_str(), "{\"type\":\"lagged\",\"missed\":3}");
+        assert_eq!(&lagged(3)[..], b"{\"type\":\"lagged\",\"missed\":3}");
         let e: serde_json::Value =
-            serde_json::from_str(error("unauthorized", "invalid or expired token").as_str())
+            serde_json::from_slice(&error("unauthorized", "invalid or expired token"))
                 .expect("json");
         assert_eq!(e["type"], "error");
         assert_eq!(e["code"], "unauthorized");

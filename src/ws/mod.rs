@@ -4,21 +4,26 @@
 //! `frames.rs` encodes what the server sends.
 
 mod auth;
+mod conn;
 mod frames;
+mod handshake;
 mod limits;
 mod session;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tracing::Instrument;
+
+use self::conn::Connection;
 
 pub use self::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 pub use self::frames::push_frame;
@@ -28,10 +33,6 @@ use crate::node::Node;
 
 /// Inbound messages larger than this close the socket with 1009.
 pub const MAX_INBOUND_MESSAGE: usize = 4096;
-/// Read buffer per socket: inbound traffic is one small auth frame and pongs.
-const READ_BUFFER: usize = 512;
-/// The largest frame a socket may have to write: a 1 MiB payload plus framing.
-const MAX_WRITE_BUFFER: usize = 2 << 20;
 
 pub use self::limits::{Admission, Admissions, Refused};
 
@@ -85,12 +86,9 @@ async fn healthz(State(Public { node, .. }): State<Public>, RawQuery(query): Raw
 
 async fn upgrade(
     State(Public { node, admissions }): State<Public>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
-    let Some(topic) = query_value(query.as_deref(), "topic").filter(|t| !t.is_empty()) else {
+    let Some(topic) = query_value(request.uri().query(), "topic").filter(|t| !t.is_empty()) else {
         node.metrics.refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "missing topic");
     };
@@ -98,7 +96,11 @@ async fn upgrade(
         node.metrics.refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "topic too long");
     }
-    let client = admissions.client_address(peer.ip(), &headers);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    let client = admissions.client_address(peer, request.headers());
     let admission = match admissions.admit(client) {
         Ok(admission) => admission,
         Err(refused) => {
@@ -116,28 +118,35 @@ async fn upgrade(
         node.metrics.refused(Refusal::NotRegistered);
         return plain(StatusCode::NOT_FOUND, "topic not registered");
     };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+    let accept = match handshake::accept(request.method(), request.headers()) {
+        Ok(accept) => accept,
+        Err(not_a_handshake) => return not_a_handshake.into_response(),
     };
     node.metrics.upgrades.fetch_add(1, Ordering::Relaxed);
-    // Keeps shutdown waiting for this socket: axum spawns upgraded sockets
-    // outside the node's tracker.
-    let tracked = node.tasks.token();
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(MAX_INBOUND_MESSAGE)
-        .max_frame_size(MAX_INBOUND_MESSAGE)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            let span = tracing::debug_span!("session", client = %client);
-            session::run(socket, node, topic, meta)
-                .instrument(span)
-                .await;
-            drop((admission, tracked));
-        })
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let session_node = Arc::clone(&node);
+    let span = tracing::debug_span!("session", client = %client);
+    node.tasks.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(%error, "websocket upgrade failed");
+                    return;
+                }
+            };
+            // The public listener serves plain TCP streams, so this holds.
+            let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            };
+            let conn = Connection::new(parts.io.into_inner(), parts.read_buf, MAX_INBOUND_MESSAGE);
+            session::run(conn, session_node, topic, meta).await;
+            drop(admission);
+        }
+        .instrument(span),
+    );
+    handshake::switching_protocols(&accept)
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {

@@ -3,18 +3,18 @@
 //! A single task per socket: it waits for the auth frame (10 s), subscribes
 //! the socket in the hub *before* sending `auth_ok` (so a publish made after
 //! the client saw `auth_ok` always reaches it), then writes queued frames,
-//! answers `worker.status` requests, pings every 30 s and drops the socket
-//! after 60 s of silence or a write that takes over 10 s. The only place that
-//! picks WebSocket close codes.
+//! answers pings and `worker.status` requests, pings every 30 s and drops the
+//! socket after 60 s of silence or a write that takes over 10 s. The only
+//! place that picks WebSocket close codes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio::time::{timeout, Instant};
 
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
+use super::conn::{Connection, Inbound, ReadError};
 use super::frames;
 use crate::hub::{Frame, Outgoing};
 use crate::metrics::Refusal;
@@ -25,33 +25,31 @@ const PING_INTERVAL: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const STATUS_THROTTLE: Duration = Duration::from_millis(700);
-/// Bound on the polite part of a close (sending the close frame).
+/// Bound on the polite part of a close (close frame out, peer's close in).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
 }
 
-pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: TopicMeta) {
+pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: TopicMeta) {
     // Boxed: the handshake's state is needed once and should not stay in the
     // (long-lived) session future; the same goes for status requests below.
-    let user_id = match Box::pin(authenticate(&mut socket, &node, &topic, meta)).await {
-        Some(user_id) => user_id,
-        None => return,
+    let Some(user_id) = Box::pin(authenticate(&mut conn, &node, &topic, meta)).await else {
+        return;
     };
     let subscription = node.hub.subscribe(&topic, user_id);
     node.metrics.authenticated.fetch_add(1, Ordering::Relaxed);
-    if send(&mut socket, Message::Text(frames::auth_ok()))
-        .await
-        .is_err()
-    {
+    if write(&mut conn, &node, &frames::auth_ok()).await.is_err() {
         return;
     }
     let is_status_topic = topic == STATUS_TOPIC;
+    drop(topic);
     let outbox = subscription.outbox();
     let mut last_heard = Instant::now();
     let mut next_ping = last_heard + PING_INTERVAL;
@@ -69,70 +67,67 @@ pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: To
         }
         tokio::select! {
             _ = node.shutdown.cancelled() => {
-                close_with(&mut socket, close::GOING_AWAY, "server shutting down").await;
+                close_with(&mut conn, close::GOING_AWAY, "server shutting down").await;
                 return;
             }
             _ = outbox.ready() => {
                 while let Some(item) = outbox.pop() {
-                    let message = match item {
-                        Outgoing::Frame(frame) => Message::Text(frame),
+                    let frame = match item {
+                        Outgoing::Frame(frame) => frame,
                         Outgoing::Lagged { missed } => {
                             node.metrics.lagged_notices.fetch_add(1, Ordering::Relaxed);
-                            Message::Text(frames::lagged(missed))
+                            frames::lagged(missed)
                         }
                     };
-                    match send(&mut socket, message).await {
-                        Ok(()) => {}
-                        Err(SendError::Timeout) => {
-                            node.metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!("dropping a socket whose write did not complete in time");
-                            return;
-                        }
-                        Err(SendError::Closed) => return,
+                    if write(&mut conn, &node, &frame).await.is_err() {
+                        return;
                     }
                 }
             }
-            inbound = socket.recv() => {
-                let message = match inbound {
-                    None => return,
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        fail(&mut socket, &node, error).await;
+            inbound = conn.recv() => {
+                let inbound = match inbound {
+                    Ok(inbound) => inbound,
+                    Err(error) => {
+                        fail(&mut conn, &node, error).await;
                         return;
                     }
                 };
                 last_heard = Instant::now();
-                match message {
-                    Message::Close(_) => {
-                        // tungstenite queues the close reply; reading on flushes it.
-                        let _ = timeout(CLOSE_TIMEOUT, socket.recv()).await;
+                match inbound {
+                    Inbound::Ping(payload) => {
+                        if timeout(WRITE_TIMEOUT, conn.send_pong(&payload)).await.map_or(true, |r| r.is_err()) {
+                            return;
+                        }
+                    }
+                    Inbound::Close(code) => {
+                        close_with(&mut conn, reply_code(code), "").await;
                         return;
                     }
-                    Message::Text(text)
+                    Inbound::Text(text)
                         if is_status_topic
-                            && wants_status(text.as_bytes())
+                            && wants_status(&text)
                             && last_status.is_none_or(|at| at.elapsed() >= STATUS_THROTTLE) =>
                     {
                         last_status = Some(Instant::now());
                         let request = StatusRequest { uptime_seconds: true, ..Default::default() };
                         let report = Box::pin(node.status(request)).await;
-                        if send(&mut socket, Message::Text(frames::status(&report))).await.is_err() {
+                        if write(&mut conn, &node, &frames::status(&report)).await.is_err() {
                             return;
                         }
                     }
                     // Everything else after auth is ignored.
-                    _ => {}
+                    Inbound::Text(_) | Inbound::Binary(_) | Inbound::Pong => {}
                 }
             }
             () = &mut keepalive => {
                 if Instant::now() >= idle_deadline {
                     node.metrics.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("dropping a silent socket");
-                    close_with(&mut socket, close::NORMAL, "idle timeout").await;
+                    close_with(&mut conn, close::NORMAL, "idle timeout").await;
                     return;
                 }
                 next_ping = Instant::now() + PING_INTERVAL;
-                if send(&mut socket, Message::Ping(Default::default())).await.is_err() {
+                if timeout(WRITE_TIMEOUT, conn.send_ping()).await.map_or(true, |r| r.is_err()) {
                     return;
                 }
             }
@@ -142,7 +137,7 @@ pub async fn run(mut socket: WebSocket, node: Arc<Node>, topic: String, meta: To
 
 /// Waits for the auth frame; on failure sends the error frame and closes.
 async fn authenticate(
-    socket: &mut WebSocket,
+    conn: &mut Connection,
     node: &Node,
     topic: &str,
     meta: TopicMeta,
@@ -150,27 +145,36 @@ async fn authenticate(
     let deadline = Instant::now() + node.config.limits.auth_timeout;
     let first = loop {
         let inbound = tokio::select! {
-            inbound = timeout_at(deadline, socket.recv()) => inbound,
+            inbound = tokio::time::timeout_at(deadline, conn.recv()) => inbound,
             _ = node.shutdown.cancelled() => {
-                close_with(socket, close::GOING_AWAY, "server shutting down").await;
+                close_with(conn, close::GOING_AWAY, "server shutting down").await;
                 return None;
             }
         };
         match inbound {
-            Err(()) => {
+            Err(_) => {
                 node.metrics.refused(Refusal::AuthTimeout);
-                close_with(socket, close::POLICY_VIOLATION, "auth timeout").await;
+                close_with(conn, close::POLICY_VIOLATION, "auth timeout").await;
                 return None;
             }
-            Ok(None) => return None,
-            Ok(Some(Err(error))) => {
-                fail(socket, node, error).await;
+            Ok(Err(error)) => {
+                fail(conn, node, error).await;
                 return None;
             }
-            Ok(Some(Ok(Message::Text(text)))) => break text.as_bytes().to_vec(),
-            Ok(Some(Ok(Message::Binary(data)))) => break data.to_vec(),
-            Ok(Some(Ok(Message::Close(_)))) => return None,
-            Ok(Some(Ok(_))) => continue, // ping/pong before auth
+            Ok(Ok(Inbound::Text(data) | Inbound::Binary(data))) => break data,
+            Ok(Ok(Inbound::Ping(payload))) => {
+                if timeout(WRITE_TIMEOUT, conn.send_pong(&payload))
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    return None;
+                }
+            }
+            Ok(Ok(Inbound::Pong)) => {}
+            Ok(Ok(Inbound::Close(code))) => {
+                close_with(conn, reply_code(code), "").await;
+                return None;
+            }
         }
     };
     let secret = node.config.worker_secret.expose().as_bytes();
@@ -179,27 +183,26 @@ async fn authenticate(
         Err(AuthFailure::Required(message)) => {
             node.metrics.refused(Refusal::AuthRequired);
             tracing::debug!(reason = message, "auth frame refused");
-            refuse(socket, frames::error("auth_required", message)).await;
+            refuse(conn, node, frames::error("auth_required", message)).await;
             None
         }
         Err(AuthFailure::Unauthorized(reason)) => {
             node.metrics.refused(Refusal::Unauthorized);
             tracing::debug!(reason = reason.label(), "token refused");
-            refuse(socket, frames::error("unauthorized", UNAUTHORIZED_MESSAGE)).await;
+            refuse(
+                conn,
+                node,
+                frames::error("unauthorized", UNAUTHORIZED_MESSAGE),
+            )
+            .await;
             None
         }
     }
 }
 
-async fn timeout_at<F: std::future::Future>(deadline: Instant, future: F) -> Result<F::Output, ()> {
-    tokio::time::timeout_at(deadline, future)
-        .await
-        .map_err(|_| ())
-}
-
-async fn refuse(socket: &mut WebSocket, error_frame: Frame) {
-    if send(socket, Message::Text(error_frame)).await.is_ok() {
-        close_with(socket, close::POLICY_VIOLATION, "").await;
+async fn refuse(conn: &mut Connection, node: &Node, error_frame: Frame) {
+    if write(conn, node, &error_frame).await.is_ok() {
+        close_with(conn, close::POLICY_VIOLATION, "").await;
     }
 }
 
@@ -208,46 +211,46 @@ fn wants_status(text: &[u8]) -> bool {
         .is_ok_and(|fields| fields.get("type").and_then(|t| t.as_str()) == Some("status"))
 }
 
-enum SendError {
-    Timeout,
-    Closed,
-}
-
-async fn send(socket: &mut WebSocket, message: Message) -> Result<(), SendError> {
-    match timeout(WRITE_TIMEOUT, socket.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(SendError::Closed),
-        Err(_) => Err(SendError::Timeout),
+/// The code to answer a peer's close with: its own, or 1000.
+fn reply_code(code: Option<u16>) -> u16 {
+    match code {
+        Some(code) if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) => code,
+        _ => close::NORMAL,
     }
 }
 
-async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+/// Writes one text frame within the write deadline.
+async fn write(conn: &mut Connection, node: &Node, frame: &Frame) -> Result<(), ()> {
+    match timeout(WRITE_TIMEOUT, conn.send_text(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            node.metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("dropping a socket whose write did not complete in time");
+            Err(())
+        }
+    }
+}
+
+async fn close_with(conn: &mut Connection, code: u16, reason: &'static str) {
+    let _ = timeout(CLOSE_TIMEOUT, conn.close(code, reason)).await;
 }
 
 /// Maps a read error to the close the peer gets.
-async fn fail(socket: &mut WebSocket, node: &Node, error: axum::Error) {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = error.into_inner();
-    match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => {
+async fn fail(conn: &mut Connection, node: &Node, error: ReadError) {
+    match error {
+        ReadError::Gone => {}
+        ReadError::TooBig => {
             node.metrics
                 .oversize_messages
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("inbound message over 4 KiB");
-            close_with(socket, close::TOO_BIG, "message too big").await;
+            close_with(conn, close::TOO_BIG, "message too big").await;
         }
-        Some(WsError::Protocol(problem)) => {
-            tracing::debug!(%problem, "websocket protocol error");
-            close_with(socket, close::PROTOCOL_ERROR, "protocol error").await;
+        ReadError::Protocol(problem) => {
+            tracing::debug!(problem, "websocket protocol error");
+            close_with(conn, close::PROTOCOL_ERROR, "protocol error").await;
         }
-        Some(WsError::Utf8(_)) => {
-            close_with(socket, 1007, "invalid utf-8").await;
-        }
-        _ => tracing::debug!(error = %inner, "socket read failed"),
+        ReadError::InvalidUtf8 => close_with(conn, close::INVALID_DATA, "invalid utf-8").await,
     }
 }
