@@ -159,7 +159,7 @@ impl Connection {
         }
         let _ = self.stream.shutdown().await;
         // Drain until the peer closes too.
-        let mut sink = [0u8; 512];
+        let mut sink = [0u8; 64];
         loop {
             if self.stream.readable().await.is_err() {
                 return;

@@ -180,3 +180,16 @@ mod tests {
         assert_eq!(query_value(None, "topic"), None);
     }
 }
+
+#[cfg(test)]
+pub(crate) fn session_future_for_size(
+    conn: Connection,
+    node: Arc<Node>,
+) -> impl std::future::Future<Output = ()> {
+    session::run(
+        conn,
+        node,
+        "t".to_string(),
+        crate::registry::TopicMeta::default(),
+    )
+}

@@ -88,14 +88,14 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                 let inbound = match inbound {
                     Ok(inbound) => inbound,
                     Err(error) => {
-                        fail(&mut conn, &node, error).await;
+                        Box::pin(fail(&mut conn, &node, error)).await;
                         return;
                     }
                 };
                 last_heard = Instant::now();
                 match inbound {
                     Inbound::Ping(payload) => {
-                        if timeout(WRITE_TIMEOUT, conn.send_pong(&payload)).await.map_or(true, |r| r.is_err()) {
+                        if Box::pin(timeout(WRITE_TIMEOUT, conn.send_pong(&payload))).await.map_or(true, |r| r.is_err()) {
                             return;
                         }
                     }
@@ -127,7 +127,7 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                     return;
                 }
                 next_ping = Instant::now() + PING_INTERVAL;
-                if timeout(WRITE_TIMEOUT, conn.send_ping()).await.map_or(true, |r| r.is_err()) {
+                if Box::pin(timeout(WRITE_TIMEOUT, conn.send_ping())).await.map_or(true, |r| r.is_err()) {
                     return;
                 }
             }
@@ -232,8 +232,10 @@ async fn write(conn: &mut Connection, node: &Node, frame: &Frame) -> Result<(), 
     }
 }
 
+/// Boxed, like every path taken once per socket, so that its state does not
+/// enlarge the long-lived session future.
 async fn close_with(conn: &mut Connection, code: u16, reason: &'static str) {
-    let _ = timeout(CLOSE_TIMEOUT, conn.close(code, reason)).await;
+    let _ = Box::pin(timeout(CLOSE_TIMEOUT, conn.close(code, reason))).await;
 }
 
 /// Maps a read error to the close the peer gets.

@@ -196,3 +196,20 @@ async fn close_sends_code_and_reason() {
         "close returns once the peer is gone"
     );
 }
+
+#[tokio::test]
+async fn session_future_stays_small() {
+    // The task state of an idle socket dominates memory per connection;
+    // rarely taken paths are boxed to keep it small. A regression guard.
+    let (conn, _client) = pair().await;
+    let config =
+        crate::config::Config::from_yaml("worker_secret: \"0123456789abcdef0123456789abcdef\"\n")
+            .expect("config")
+            .config;
+    let registry = crate::registry::Registry::new(config.topic_ttl, None);
+    let node = crate::node::Node::new(config, registry, None, "0123456789abcdef".to_string());
+    let future = crate::ws::session_future_for_size(conn, node);
+    let size = std::mem::size_of_val(&future);
+    eprintln!("session future: {size} bytes");
+    assert!(size <= 1536, "session future grew to {size} bytes");
+}
