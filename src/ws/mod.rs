@@ -166,6 +166,19 @@ fn query_value(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+pub(crate) fn session_future_for_size(
+    conn: Connection,
+    node: Arc<Node>,
+) -> impl std::future::Future<Output = ()> {
+    session::run(
+        conn,
+        node,
+        "t".to_string(),
+        crate::registry::TopicMeta::default(),
+    )
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -179,17 +192,4 @@ mod tests {
         assert_eq!(query_value(Some("topic="), "topic").as_deref(), Some(""));
         assert_eq!(query_value(None, "topic"), None);
     }
-}
-
-#[cfg(test)]
-pub(crate) fn session_future_for_size(
-    conn: Connection,
-    node: Arc<Node>,
-) -> impl std::future::Future<Output = ()> {
-    session::run(
-        conn,
-        node,
-        "t".to_string(),
-        crate::registry::TopicMeta::default(),
-    )
 }
