@@ -32,7 +32,7 @@ use crate::node::Node;
 /// Envelopes waiting for Redis before new ones are dropped (and counted).
 const OUTGOING_QUEUE: usize = 16_384;
 const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 /// How this node delivers right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,366 @@
+//! Test support shared by the integration test crates: the real app started
+//! in-process on port 0, a real `redis-server` on a free loopback port,
+//! WebSocket clients (tokio-tungstenite) and a small HTTP client.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use skywave::node::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+
+/// A skywave node running in this test process.
+pub struct TestNode {
+    pub ws: SocketAddr,
+    pub internal: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// Starts a node; `extra` is appended to the YAML config.
+    pub async fn start(extra: &str) -> TestNode {
+        let yaml = format!(
+            "ws_bind: 127.0.0.1\nws_port: 0\ninternal_bind: 127.0.0.1\ninternal_port: 0\n\
+             worker_secret: \"{SECRET}\"\nlog_level: warn\n{extra}\n"
+        );
+        let config = skywave::Config::from_yaml(&yaml)
+            .expect("test config")
+            .config;
+        let app = skywave::App::bind(config).await.expect("bind");
+        let (ws, internal, node) = (app.ws_addr(), app.internal_addr(), app.node());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("run");
+        });
+        TestNode {
+            ws,
+            internal,
+            node,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// Graceful stop; returns once `run` has returned.
+    pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(15), handle)
+                .await
+                .expect("node stops within 15 s")
+                .expect("run task");
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, String) {
+        http(
+            self.internal,
+            "POST",
+            path,
+            Some(body.to_string().as_bytes()),
+            Some(SECRET),
+        )
+        .await
+    }
+
+    pub async fn register(&self, topic: &str, require_token: bool) {
+        let (code, body) = self
+            .post(
+                "/internal/register",
+                &json!({"topic": topic, "meta": {"require_token": require_token}}),
+            )
+            .await;
+        assert_eq!(code, 200, "register {topic}: {body}");
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &Value) -> u16 {
+        self.post(
+            "/internal/publish",
+            &json!({"topic": topic, "payload": payload}),
+        )
+        .await
+        .0
+    }
+
+    pub async fn status(&self, query: &str) -> Value {
+        let (code, body) = http(
+            self.internal,
+            "GET",
+            &format!("/internal/status{query}"),
+            None,
+            Some(SECRET),
+        )
+        .await;
+        assert_eq!(code, 200, "status: {body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Polls status until `check` holds (at most `within`).
+    pub async fn wait_status(
+        &self,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = self.status("").await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: last status {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An authenticated socket (waits until the node counts it).
+    pub async fn socket(&self, topic: &str, user_id: i64) -> Ws {
+        let token = skywave::auth::sign_hex_token(
+            SECRET.as_bytes(),
+            user_id,
+            topic,
+            skywave::auth::unix_now() + 3600,
+        );
+        let mut ws = Ws::connect(self.ws, topic).await;
+        ws.send_json(&json!({"type": "auth", "token": token})).await;
+        let reply = ws
+            .recv_json(Duration::from_secs(5))
+            .await
+            .expect("auth reply");
+        assert_eq!(reply, json!({"type": "auth_ok"}), "auth on {topic}");
+        ws
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A WebSocket client.
+pub struct Ws(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+impl Ws {
+    pub async fn connect(addr: SocketAddr, topic: &str) -> Ws {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("topic", topic)
+            .finish();
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?{query}"))
+            .await
+            .expect("websocket connect");
+        Ws(stream)
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.0
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame as JSON; `None` on timeout or close.
+    pub async fn recv_json(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.0.next())
+                .await
+                .ok()??;
+            match next {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("server sends JSON"))
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub async fn expect_push(&mut self, payload: &Value, what: &str) {
+        let got = self.recv_json(Duration::from_secs(5)).await;
+        assert_eq!(
+            got,
+            Some(json!({"type": "push", "payload": payload})),
+            "{what}"
+        );
+    }
+
+    pub async fn expect_silence(&mut self, for_: Duration, what: &str) {
+        let got = self.recv_json(for_).await;
+        assert_eq!(got, None, "{what}: expected nothing");
+    }
+
+    /// Waits for the close frame and returns its code.
+    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.0.next())
+                .await
+                .ok()?
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request (Connection: close); returns status and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    secret: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(secret) = secret {
+        head.push_str(&format!("X-Worker-Secret: {secret}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    head.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// A throw-away `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer { port, child: None };
+        server.restart();
+        server
+    }
+
+    /// A port where nothing listens yet (for a Redis that starts later).
+    pub fn reserved() -> RedisServer {
+        RedisServer {
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server must be installed for the cluster tests (scripts/test installs it)",
+            );
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: a Redis that hangs without closing connections.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            let signal = if paused { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill9();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
