@@ -1,0 +1,345 @@
+//! Single-node behaviour beyond the conformance suite: slow clients, limits,
+//! TTL freeing memory, graceful shutdown, and the command line.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, TestNode, Ws, SECRET};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_socket_loses_oldest_frames_gets_lagged_and_never_slows_others() {
+    let node = TestNode::start("limits:\n  socket_queue: 4").await;
+    node.register("busy", true).await;
+    let mut fast = node.socket("busy", 1).await;
+    let mut slow = node.socket("busy", 2).await;
+    // The slow socket does not read while 3,000 frames of 20 KiB go out:
+    // its kernel buffers fill, then its outbox (4 frames) drops the oldest.
+    let blob = "x".repeat(20 * 1024);
+    let total = 3_000;
+    let mut fast_seen = 0;
+    for seq in 0..total {
+        assert_eq!(
+            node.publish("busy", &json!({"seq": seq, "blob": blob}))
+                .await,
+            200
+        );
+        // The fast socket keeps up, in order.
+        let frame = fast
+            .recv_json(Duration::from_secs(5))
+            .await
+            .expect("fast socket keeps receiving");
+        assert_eq!(frame["payload"]["seq"], seq);
+        fast_seen += 1;
+    }
+    assert_eq!(fast_seen, total);
+    let mut lagged = 0;
+    let mut last_seq = None;
+    while let Some(frame) = slow.recv_json(Duration::from_secs(2)).await {
+        match frame["type"].as_str() {
+            Some("lagged") => lagged += frame["missed"].as_u64().unwrap(),
+            Some("push") => last_seq = frame["payload"]["seq"].as_u64(),
+            other => panic!("unexpected frame type {other:?}"),
+        }
+    }
+    assert!(lagged > 0, "the slow socket was told it lagged");
+    assert_eq!(
+        last_seq,
+        Some(total as u64 - 1),
+        "the newest frame is never dropped"
+    );
+    let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+        .await
+        .1;
+    assert!(
+        !metrics.contains("skywave_dropped_frames_total 0\n"),
+        "drops are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_answer_429_and_node_limit_503() {
+    let node = TestNode::start("limits:\n  max_sockets_per_ip: 2").await;
+    node.register("lim", false).await;
+    let _a = node.socket("lim", 0).await;
+    let _b = node.socket("lim", 0).await;
+    let (code, _) = http(node.ws, "GET", "/ws?topic=lim", None, None).await;
+    assert_eq!(code, 429, "third socket from one address");
+    drop(_a);
+    node.wait_status(Duration::from_secs(5), "socket released", |s| {
+        s["connected_sockets"] == 1
+    })
+    .await;
+    let _c = node.socket("lim", 0).await;
+
+    let full = TestNode::start("limits:\n  max_sockets: 2").await;
+    full.register("full", false).await;
+    let _d = full.socket("full", 0).await;
+    let _e = full.socket("full", 0).await;
+    assert_eq!(
+        http(full.ws, "GET", "/ws?topic=full", None, None).await.0,
+        503,
+        "node full"
+    );
+
+    let rate = TestNode::start("limits:\n  connect_rate_per_ip: 3").await;
+    rate.register("r", false).await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(http(rate.ws, "GET", "/ws?topic=r", None, None).await.0);
+    }
+    // Not WebSocket requests: admitted ones get 400, refused ones 429.
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 2, "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_topics_are_freed_and_sockets_survive_them() {
+    let node = TestNode::start("topic_ttl: 1s").await;
+    node.register("short", true).await;
+    let mut socket = node.socket("short", 1).await;
+    let before = node.node.registry.local_entries();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(node.publish("short", &json!(1)).await, 404);
+    assert_eq!(
+        node.node.registry.local_entries(),
+        before - 1,
+        "the sweeper freed the entry"
+    );
+    node.register("short", true).await;
+    assert_eq!(node.publish("short", &json!(2)).await, 200);
+    socket
+        .expect_push(&json!(2), "the old socket receives after re-register")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_token_written_by_hand_is_accepted() {
+    // bin2hex(json_encode(["user_id"=>42,"topic"=>"qso/live:é","expires"=>2000000000]))
+    // signed with hash_hmac("sha256", $hex, SECRET); the signature below was
+    // computed once with python3's hmac module from these literal strings.
+    let encoded = "7b22757365725f6964223a34322c22746f706963223a2271736f5c2f6c6976653a5c7530306539222c2265787069726573223a323030303030303030307d";
+    let signature = "f2d89b6a0d9f20fda438740b2b963ab083b823129022b3832ab75a4a5f2c87a8";
+    let node = TestNode::start("").await;
+    node.register("qso/live:é", true).await;
+    let mut ws = Ws::connect(node.ws, "qso/live:é").await;
+    ws.send_json(&json!({"type": "auth", "token": format!("{encoded}.{signature}")}))
+        .await;
+    assert_eq!(
+        ws.recv_json(Duration::from_secs(5)).await,
+        Some(json!({"type": "auth_ok"}))
+    );
+    node.wait_status(Duration::from_secs(5), "counted", |s| {
+        s["connected_clients"] == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_stop_closes_sockets_with_1001() {
+    let node = TestNode::start("").await;
+    node.register("bye", false).await;
+    let mut sockets = vec![node.socket("bye", 0).await, node.socket("bye", 0).await];
+    let stopping = tokio::spawn(node.stop());
+    for socket in &mut sockets {
+        assert_eq!(socket.close_code(Duration::from_secs(5)).await, Some(1001));
+    }
+    stopping.await.unwrap();
+}
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_skywave"))
+}
+
+fn write_config(dir: &std::path::Path, ws: u16, internal: u16) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!("ws_bind: 127.0.0.1\nws_port: {ws}\ninternal_port: {internal}\nworker_secret: \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    path
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("port {port} never opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_with_1001_exits_and_restart_loses_the_registry() {
+    let dir = tempdir();
+    let (ws, internal) = (common::free_port(), common::free_port());
+    let config = write_config(&dir, ws, internal);
+    // the Go flag spelling
+    let mut child = binary()
+        .arg("-config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(internal).await;
+    let addr = format!("127.0.0.1:{internal}").parse().unwrap();
+    let body = json!({"topic": "t", "meta": {"require_token": false}}).to_string();
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/internal/register",
+            Some(body.as_bytes()),
+            Some(SECRET)
+        )
+        .await
+        .0,
+        200
+    );
+    let mut socket = Ws::connect(format!("127.0.0.1:{ws}").parse().unwrap(), "t").await;
+    socket.send_json(&json!({"type": "auth"})).await;
+    assert_eq!(
+        socket.recv_json(Duration::from_secs(5)).await,
+        Some(json!({"type": "auth_ok"}))
+    );
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(socket.close_code(Duration::from_secs(10)).await, Some(1001));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "exits within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "clean exit: {status}");
+
+    let mut child = binary()
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(internal).await;
+    let publish = json!({"topic": "t", "payload": 1}).to_string();
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/internal/publish",
+            Some(publish.as_bytes()),
+            Some(SECRET)
+        )
+        .await
+        .0,
+        404
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn command_line_helpers() {
+    let secret = binary().arg("gen-secret").output().unwrap();
+    let secret = String::from_utf8(secret.stdout).unwrap();
+    assert_eq!(secret.trim().len(), 64);
+    assert!(secret.trim().chars().all(|c| c.is_ascii_hexdigit()));
+
+    let token = binary()
+        .args(["token", "--topic", "room/1", "--user", "7", "--ttl", "1h"])
+        .env("SKYWAVE_WORKER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap();
+    let now = skywave::auth::unix_now();
+    assert_eq!(
+        skywave::auth::verify(SECRET.as_bytes(), token.trim(), "room/1", now),
+        Ok(7)
+    );
+
+    let dir = tempdir();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("worker_secret: \"{SECRET}\"\ntopic_ttl: banana\n"),
+    )
+    .unwrap();
+    let out = binary().arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("topic_ttl"));
+    let good = dir.join("good.yaml");
+    std::fs::write(
+        &good,
+        format!("worker_secret: \"{SECRET}\"\nredis_ulr: x\n"),
+    )
+    .unwrap();
+    let out = binary().arg("check-config").arg(&good).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("unknown config key `redis_ulr`")
+            && text.contains("did you mean `redis_url`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(SECRET),
+        "check-config never prints the secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_any_config_and_prints_a_generated_secret() {
+    let (ws, internal) = (common::free_port(), common::free_port());
+    let child = binary()
+        .env("SKYWAVE_WS_PORT", ws.to_string())
+        .env("SKYWAVE_WS_BIND", "127.0.0.1")
+        .env("SKYWAVE_INTERNAL_PORT", internal.to_string())
+        .env_remove("SKYWAVE_WORKER_SECRET")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_port(internal).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING: no worker_secret configured"),
+        "{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("*** worker_secret: "))
+        .unwrap();
+    assert_eq!(line.rsplit(' ').next().unwrap().len(), 64);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "skywave-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
