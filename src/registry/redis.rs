@@ -43,7 +43,7 @@ impl RedisRegistry {
         cmd.arg(self.key(topic))
             .arg(encode_meta(meta))
             .arg("EX")
-            .arg(ttl.as_secs().max(1));
+            .arg(whole_seconds(ttl));
         self.link.query::<()>(&cmd).await
     }
 
@@ -103,11 +103,16 @@ impl RedisRegistry {
                 .arg(self.key(&registration.topic))
                 .arg(encode_meta(registration.meta))
                 .arg("EX")
-                .arg(remaining.as_secs().max(1))
+                .arg(whole_seconds(remaining))
                 .ignore();
         }
         self.link.query_pipeline::<()>(&pipe).await
     }
+}
+
+/// `EX` takes whole seconds: round up, so a key never expires early.
+fn whole_seconds(ttl: Duration) -> u64 {
+    ttl.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn encode_meta(meta: TopicMeta) -> String {
@@ -169,6 +174,13 @@ mod tests {
                 require_token: true
             }
         );
+    }
+
+    #[test]
+    fn expiry_rounds_up() {
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(3600)), 3600);
     }
 
     #[test]
