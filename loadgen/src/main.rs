@@ -1,1 +1,325 @@
-fn main() {}
+//! skywave-loadgen: plays browsers and the PHP publisher against a running
+//! skywave (or wavelog_worker) node and prints the figures of BENCHMARKS.md,
+//! each run ending with one `SUMMARY {json}` line.
+//!
+//! Loopback only, bounded in count and time: every scenario refuses
+//! non-loopback targets and stops by itself.
+
+mod measure;
+mod proto;
+mod scenario;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use scenario::Target;
+
+/// One process holds at most this many sockets (the hard limit of open files here is 20,000).
+const MAX_SOCKETS: usize = 19_000;
+
+#[derive(Parser)]
+#[command(
+    name = "skywave-loadgen",
+    about = "Load generator for skywave (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+struct TargetArgs {
+    /// Public WebSocket listener.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    ws: SocketAddr,
+    /// Internal API listener.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    internal: SocketAddr,
+    /// The server's worker_secret.
+    #[arg(long, env = "SKYWAVE_WORKER_SECRET")]
+    secret: String,
+    /// The server's pid, for RSS and CPU figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Idle authenticated sockets: RSS per socket, connect+auth rate and latency.
+    Idle {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 10)]
+        topics: usize,
+        /// Seconds to keep the sockets open after measuring.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// Fan-out: sockets over topics, one publisher at a rate; latency, completeness, CPU.
+    Fanout {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
+        /// Publishes per second (all topics together).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
+    /// Two nodes via Redis: sockets split across them, publishes to the first.
+    Cluster {
+        /// `WS,INTERNAL[,PID]` of a node; give it twice (the first gets the publishes).
+        #[arg(long = "node", required = true, num_args = 1)]
+        nodes: Vec<String>,
+        #[arg(long, env = "SKYWAVE_WORKER_SECRET")]
+        secret: String,
+        #[arg(long, default_value_t = 5_000)]
+        sockets_per_node: usize,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
+    /// Connect/auth/close cycles; RSS before and after.
+    Churn {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 200_000)]
+        cycles: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// A few seconds of each scenario at small N against a server this
+    /// command starts itself; exits non-zero unless every delivery arrived.
+    Smoke {
+        /// The skywave binary to start.
+        #[arg(long, default_value = "target/release/skywave")]
+        server_bin: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    raise_open_files_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loadgen: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.scenario)) {
+        Ok(summary) => {
+            println!("SUMMARY {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("loadgen: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn raise_open_files_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+fn target(args: TargetArgs) -> Result<Target> {
+    for addr in [args.ws, args.internal] {
+        if !addr.ip().is_loopback() {
+            bail!("{addr} is not a loopback address: this tool only loads this machine");
+        }
+    }
+    Ok(Target {
+        ws: args.ws,
+        internal: args.internal,
+        secret: args.secret,
+        pid: args.server_pid,
+    })
+}
+
+fn bounded(sockets: usize) -> Result<usize> {
+    if sockets == 0 || sockets > MAX_SOCKETS {
+        bail!("sockets must be 1..={MAX_SOCKETS} (one process may hold 20,000 open files)");
+    }
+    Ok(sockets)
+}
+
+async fn run(scenario: Scenario) -> Result<serde_json::Value> {
+    match scenario {
+        Scenario::Idle {
+            target: t,
+            sockets,
+            topics,
+            hold,
+        } => {
+            scenario::idle(
+                &target(t)?,
+                bounded(sockets)?,
+                topics,
+                Duration::from_secs(hold.min(600)),
+            )
+            .await
+        }
+        Scenario::Fanout {
+            target: t,
+            sockets,
+            topics,
+            rate,
+            duration,
+            payload_bytes,
+        } => {
+            let t = target(t)?;
+            scenario::fanout(
+                &[t],
+                bounded(sockets)?,
+                topics,
+                rate,
+                Duration::from_secs(duration.min(600)),
+                payload_bytes,
+            )
+            .await
+        }
+        Scenario::Cluster {
+            nodes,
+            secret,
+            sockets_per_node,
+            rate,
+            duration,
+            payload_bytes,
+        } => {
+            let mut targets = Vec::new();
+            for node in &nodes {
+                let parts: Vec<&str> = node.split(',').collect();
+                let (ws, internal) = match parts.as_slice() {
+                    [ws, internal] | [ws, internal, _] => (ws.parse()?, internal.parse()?),
+                    _ => bail!("--node takes WS,INTERNAL[,PID], got {node}"),
+                };
+                let pid = parts.get(2).map(|p| p.parse()).transpose()?;
+                targets.push(target(TargetArgs {
+                    ws,
+                    internal,
+                    secret: secret.clone(),
+                    server_pid: pid,
+                })?);
+            }
+            if targets.len() < 2 {
+                bail!("cluster needs two --node");
+            }
+            let total = bounded(sockets_per_node * targets.len())?;
+            scenario::fanout(
+                &targets,
+                total,
+                1,
+                rate,
+                Duration::from_secs(duration.min(600)),
+                payload_bytes,
+            )
+            .await
+        }
+        Scenario::Churn {
+            target: t,
+            cycles,
+            concurrency,
+        } => {
+            scenario::churn(
+                &target(t)?,
+                cycles.min(1_000_000),
+                concurrency.clamp(1, 1024),
+            )
+            .await
+        }
+        Scenario::Smoke { server_bin } => smoke(&server_bin).await,
+    }
+}
+
+/// Starts a server on free loopback ports, runs every scenario briefly.
+async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
+    let secret = "smoke-secret-0123456789abcdef0123456789abcdef";
+    let (ws, internal) = (free_port()?, free_port()?);
+    let dir = std::env::temp_dir().join(format!("skywave-loadgen-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("ws_bind: 127.0.0.1\nws_port: {ws}\ninternal_port: {internal}\nworker_secret: \"{secret}\"\nlog_level: warn\n"),
+    )?;
+    let child = Command::new(server_bin)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {server_bin}"))?;
+    let server = KillOnDrop(child);
+    let target = Target {
+        ws: SocketAddr::from(([127, 0, 0, 1], ws)),
+        internal: SocketAddr::from(([127, 0, 0, 1], internal)),
+        secret: secret.to_string(),
+        pid: Some(server.0.id()),
+    };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(target.internal)
+            .await
+            .is_ok()
+            && tokio::net::TcpStream::connect(target.ws).await.is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let idle = scenario::idle(&target, 200, 4, Duration::ZERO).await?;
+    let fanout = scenario::fanout(
+        std::slice::from_ref(&target),
+        200,
+        4,
+        50.0,
+        Duration::from_secs(2),
+        100,
+    )
+    .await?;
+    let churn = scenario::churn(&target, 500, 16).await?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    if fanout["complete"] != true {
+        bail!("smoke: not every delivery arrived in order: {fanout}");
+    }
+    if churn["failed"] != 0 {
+        bail!("smoke: churn cycles failed: {churn}");
+    }
+    println!("smoke: every scenario ran, every delivery arrived in order");
+    Ok(serde_json::json!({"scenario": "smoke", "idle": idle, "fanout": fanout, "churn": churn}))
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,99 @@
+//! What the generator reads off the machine: the server's RSS and CPU time
+//! from /proc, and percentiles of recorded latencies.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("read /proc/<pid>/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS not found")
+}
+
+/// User + system CPU time consumed by `pid` so far.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("read /proc/<pid>/stat")?;
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields
+        .get(11)
+        .and_then(|v| v.parse().ok())
+        .context("utime")?;
+    let stime: u64 = fields
+        .get(12)
+        .and_then(|v| v.parse().ok())
+        .context("stime")?;
+    Ok(Duration::from_secs_f64(
+        (utime + stime) as f64 / clock_ticks() as f64,
+    ))
+}
+
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Latency percentiles of samples in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(samples: &mut [u64]) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize] as f64;
+        Percentiles {
+            count: samples.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: samples[samples.len() - 1] as f64,
+        }
+    }
+
+    /// `p50 … max` in milliseconds, for the printed report.
+    pub fn ms(&self) -> String {
+        format!(
+            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (n={})",
+            self.p50 / 1000.0,
+            self.p90 / 1000.0,
+            self.p99 / 1000.0,
+            self.p999 / 1000.0,
+            self.max / 1000.0,
+            self.count
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "p50_ms": self.p50 / 1000.0, "p90_ms": self.p90 / 1000.0, "p99_ms": self.p99 / 1000.0,
+            "p999_ms": self.p999 / 1000.0, "max_ms": self.max / 1000.0, "n": self.count
+        })
+    }
+}

@@ -1,0 +1,493 @@
+//! The load scenarios. Each is bounded in count and time and prints its
+//! figures, then returns a JSON summary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::measure::{cpu_time, rss_kib, Percentiles};
+use crate::proto::{token, unix_now, Browser, Publisher};
+
+/// One server under test.
+#[derive(Clone)]
+pub struct Target {
+    pub ws: SocketAddr,
+    pub internal: SocketAddr,
+    pub secret: String,
+    pub pid: Option<u32>,
+}
+
+const CONNECT_CONCURRENCY: usize = 256;
+
+fn topic_name(run: &str, k: usize) -> String {
+    format!("load-{run}-{k}")
+}
+
+fn run_id() -> String {
+    format!("{:x}", unix_now() ^ i64::from(std::process::id()))
+}
+
+/// Opens `count` authenticated sockets spread over `topics`; returns them
+/// with their topic index, the elapsed time and per-connect latencies (µs).
+async fn open_many(
+    target: &Target,
+    topics: &[String],
+    count: usize,
+    deadline: Instant,
+) -> Result<(Vec<(usize, Browser)>, Duration, Vec<u64>)> {
+    let started = Instant::now();
+    let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    let expires = unix_now() + 3600;
+    for i in 0..count {
+        let k = i % topics.len();
+        let topic = topics[k].clone();
+        let token = token(&target.secret, (i + 1) as i64, &topic, expires);
+        let ws = target.ws;
+        let limit = Arc::clone(&limit);
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let begun = Instant::now();
+            let browser =
+                tokio::time::timeout_at(deadline.into(), Browser::open(ws, &topic, &token))
+                    .await
+                    .context("connect deadline")??;
+            Ok::<_, anyhow::Error>((k, browser, begun.elapsed().as_micros() as u64))
+        });
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut latencies = Vec::with_capacity(count);
+    let mut errors = 0usize;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok((k, browser, micros)) => {
+                sockets.push((k, browser));
+                latencies.push(micros);
+            }
+            Err(error) => {
+                errors += 1;
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        bail!("{errors} of {count} sockets failed to connect; first: {error:#}");
+    }
+    Ok((sockets, started.elapsed(), latencies))
+}
+
+async fn wait_sockets(publisher: &mut Publisher, want: usize, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = publisher.status().await?;
+        if status["connected_sockets"].as_u64() == Some(want as u64) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "server reports {} sockets, expected {want}",
+                status["connected_sockets"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Idle sockets: RSS per socket and the connect+auth rate.
+pub async fn idle(
+    target: &Target,
+    sockets: usize,
+    topic_count: usize,
+    hold: Duration,
+) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = run_id();
+    let topics: Vec<String> = (0..topic_count.max(1))
+        .map(|k| topic_name(&run, k))
+        .collect();
+    let mut publisher = Publisher::new(target.internal, &target.secret);
+    for topic in &topics {
+        publisher.register(topic).await?;
+    }
+    let base_sockets = publisher.status().await?["connected_sockets"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    let rss_before = target.pid.map(rss_kib).transpose()?;
+    let (open, elapsed, mut latencies) = open_many(target, &topics, sockets, deadline).await?;
+    wait_sockets(
+        &mut publisher,
+        base_sockets + sockets,
+        Duration::from_secs(30),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = target.pid.map(rss_kib).transpose()?;
+    let rate = sockets as f64 / elapsed.as_secs_f64();
+    let connect = Percentiles::of(&mut latencies);
+    println!("idle: {sockets} authenticated sockets over {} topics in {:.2} s = {rate:.0} connect+auth/s", topics.len(), elapsed.as_secs_f64());
+    println!("idle: connect+auth latency {}", connect.ms());
+    let per_socket = match (rss_before, rss_after) {
+        (Some(before), Some(after)) => {
+            let per = (after.saturating_sub(before)) as f64 * 1024.0 / sockets as f64;
+            println!(
+                "idle: server RSS {before} KiB -> {after} KiB = {:.2} KiB per socket",
+                per / 1024.0
+            );
+            Some(per / 1024.0)
+        }
+        _ => None,
+    };
+    tokio::time::sleep(hold).await;
+    for (_, browser) in open {
+        browser.close().await;
+    }
+    Ok(json!({
+        "scenario": "idle", "sockets": sockets, "topics": topics.len(),
+        "connect_per_s": rate, "connect_latency": connect.json(),
+        "rss_before_kib": rss_before, "rss_after_kib": rss_after, "rss_per_socket_kib": per_socket,
+    }))
+}
+
+/// Where receivers record what arrived.
+struct Received {
+    node: usize,
+    topic: usize,
+    count: u64,
+    out_of_order: u64,
+    latencies_us: Vec<u64>,
+}
+
+/// Fan-out: `sockets` spread over `topic_count` topics (and over the nodes in
+/// `targets`; publishes go to the first), one publisher at `rate`/s.
+pub async fn fanout(
+    targets: &[Target],
+    sockets: usize,
+    topic_count: usize,
+    rate: f64,
+    duration: Duration,
+    payload_bytes: usize,
+) -> Result<Value> {
+    let publish_target = targets.first().context("no target")?.clone();
+    let run = run_id();
+    let topics: Vec<String> = (0..topic_count.max(1))
+        .map(|k| topic_name(&run, k))
+        .collect();
+    let mut publisher = Publisher::new(publish_target.internal, &publish_target.secret);
+    for topic in &topics {
+        publisher.register(topic).await?;
+    }
+    let connect_deadline = Instant::now() + Duration::from_secs(120);
+    let epoch = Instant::now();
+    let mut receivers = JoinSet::new();
+    let per_node = sockets / targets.len();
+    let finish: Finish = Arc::new(std::sync::OnceLock::new());
+    for (n, target) in targets.iter().enumerate() {
+        let mut status = Publisher::new(target.internal, &target.secret);
+        let base = status.status().await?["connected_sockets"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        let (open, _, _) = open_many(target, &topics, per_node, connect_deadline).await?;
+        wait_sockets(&mut status, base + per_node, Duration::from_secs(30)).await?;
+        for (k, browser) in open {
+            receivers.spawn(receive(browser, n, k, epoch, Arc::clone(&finish)));
+        }
+    }
+    let cpu_before: Vec<Option<Duration>> = targets
+        .iter()
+        .map(|t| t.pid.and_then(|p| cpu_time(p).ok()))
+        .collect();
+    let pad = "x".repeat(payload_bytes.saturating_sub(40));
+    let mut sent_per_topic = vec![0u64; topics.len()];
+    let mut call_latencies = Vec::new();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let publishing_started = Instant::now();
+    let mut failures = 0u64;
+    let mut i = 0usize;
+    while publishing_started.elapsed() < duration {
+        ticker.tick().await;
+        let k = i % topics.len();
+        i += 1;
+        let seq = sent_per_topic[k];
+        let t = epoch.elapsed().as_nanos() as u64;
+        let body = format!(
+            r#"{{"topic":"{}","payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}}}}"#,
+            topics[k]
+        );
+        let begun = Instant::now();
+        let (status, _) = publisher
+            .request("POST", "/internal/publish", &body)
+            .await?;
+        call_latencies.push(begun.elapsed().as_micros() as u64);
+        if status == 200 {
+            sent_per_topic[k] += 1;
+        } else {
+            failures += 1;
+        }
+    }
+    let publish_elapsed = publishing_started.elapsed();
+    // Deliveries may still be in flight: receivers stop once they have every
+    // publish of their topic, or 5 s from now.
+    let _ = finish.set((
+        sent_per_topic.clone(),
+        Instant::now() + Duration::from_secs(5),
+    ));
+    let expected = sent_per_topic;
+    let mut results: Vec<Received> = Vec::new();
+    let mut browsers = Vec::new();
+    while let Some(joined) = receivers.join_next().await {
+        if let Ok((received, browser)) = joined {
+            results.push(received);
+            browsers.push(browser);
+        }
+    }
+    // Read before the sockets close, so closing is not counted as delivery work.
+    let cpu_after: Vec<Option<Duration>> = targets
+        .iter()
+        .map(|t| t.pid.and_then(|p| cpu_time(p).ok()))
+        .collect();
+    for browser in browsers {
+        browser.close().await;
+    }
+    summarize(
+        targets,
+        &topics,
+        &expected,
+        results,
+        call_latencies,
+        cpu_before,
+        cpu_after,
+        publish_elapsed,
+        failures,
+        rate,
+        per_node,
+    )
+}
+
+/// Set once publishing is over: how many publishes each topic got, and
+/// until when receivers may wait for the rest.
+type Finish = Arc<std::sync::OnceLock<(Vec<u64>, Instant)>>;
+
+async fn receive(
+    mut browser: Browser,
+    node: usize,
+    topic: usize,
+    epoch: Instant,
+    finish: Finish,
+) -> (Received, Browser) {
+    let mut received = Received {
+        node,
+        topic,
+        count: 0,
+        out_of_order: 0,
+        latencies_us: Vec::new(),
+    };
+    let mut next_seq = 0u64;
+    loop {
+        if let Some((expected, drain_until)) = finish.get() {
+            if received.count >= expected[topic] || Instant::now() >= *drain_until {
+                break;
+            }
+        }
+        let text = match tokio::time::timeout(Duration::from_millis(200), browser.next_text()).await
+        {
+            Ok(Ok(text)) => text,
+            Ok(Err(_)) => break,
+            Err(_) => continue,
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        let (Some(seq), Some(t)) = (field(&text, "\"seq\":"), field(&text, "\"t\":")) else {
+            continue;
+        };
+        if seq != next_seq {
+            received.out_of_order += 1;
+        }
+        next_seq = seq + 1;
+        received.count += 1;
+        received.latencies_us.push(now.saturating_sub(t) / 1000);
+    }
+    (received, browser)
+}
+
+/// The integer after `key` in `text` (a light parse: the receivers must stay cheap).
+fn field(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let digits: &str = &text[start..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    targets: &[Target],
+    topics: &[String],
+    expected: &[u64],
+    results: Vec<Received>,
+    mut call_latencies: Vec<u64>,
+    cpu_before: Vec<Option<Duration>>,
+    cpu_after: Vec<Option<Duration>>,
+    elapsed: Duration,
+    failures: u64,
+    rate: f64,
+    per_node: usize,
+) -> Result<Value> {
+    let published: u64 = expected.iter().sum();
+    let mut per_node_json = Vec::new();
+    let mut all_complete = true;
+    for n in 0..targets.len() {
+        let mut latencies: Vec<u64> = Vec::new();
+        let mut delivered = 0u64;
+        let mut want = 0u64;
+        let mut complete_sockets = 0usize;
+        let mut out_of_order = 0u64;
+        let mut seen = 0usize;
+        for r in results.iter().filter(|r| r.node == n) {
+            seen += 1;
+            delivered += r.count;
+            want += expected[r.topic];
+            out_of_order += r.out_of_order;
+            if r.count == expected[r.topic] {
+                complete_sockets += 1;
+            }
+            latencies.extend_from_slice(&r.latencies_us);
+        }
+        // Sockets whose receiver never reported count as empty.
+        want += (per_node.saturating_sub(seen)) as u64 * (published / topics.len() as u64);
+        let completeness = if want == 0 {
+            1.0
+        } else {
+            delivered as f64 / want as f64
+        };
+        if completeness < 1.0 || out_of_order > 0 {
+            all_complete = false;
+        }
+        let latency = Percentiles::of(&mut latencies);
+        let cpu = match (cpu_before[n], cpu_after[n]) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+            _ => None,
+        };
+        let cpu_per_delivery_us = cpu.map(|c| c.as_secs_f64() * 1e6 / delivered.max(1) as f64);
+        let label = if targets.len() > 1 {
+            format!(
+                "node {n}{}",
+                if n == 0 {
+                    " (publisher's)"
+                } else {
+                    " (remote)"
+                }
+            )
+        } else {
+            "server".to_string()
+        };
+        println!(
+            "fanout {label}: {complete_sockets}/{per_node} sockets complete, {delivered}/{want} deliveries ({:.3} %), {out_of_order} out of order",
+            completeness * 100.0
+        );
+        println!("fanout {label}: publish->receive latency {}", latency.ms());
+        if let (Some(cpu), Some(per)) = (cpu, cpu_per_delivery_us) {
+            println!(
+                "fanout {label}: server CPU {:.3} s = {per:.2} µs per delivery, {:.1} µs per publish",
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / published.max(1) as f64
+            );
+        }
+        per_node_json.push(json!({
+            "node": n, "sockets": per_node, "complete_sockets": complete_sockets,
+            "deliveries": delivered, "expected": want, "completeness": completeness,
+            "out_of_order": out_of_order, "latency": latency.json(),
+            "server_cpu_s": cpu.map(|c| c.as_secs_f64()), "cpu_us_per_delivery": cpu_per_delivery_us,
+            "cpu_us_per_publish": cpu.map(|c| c.as_secs_f64() * 1e6 / published.max(1) as f64),
+        }));
+    }
+    let calls = Percentiles::of(&mut call_latencies);
+    let delivered_total: u64 = results.iter().map(|r| r.count).sum();
+    println!(
+        "fanout: {published} publishes in {:.1} s ({:.1}/s, target {rate}/s), {failures} failed; {:.0} deliveries/s",
+        elapsed.as_secs_f64(),
+        published as f64 / elapsed.as_secs_f64(),
+        delivered_total as f64 / elapsed.as_secs_f64()
+    );
+    println!("fanout: POST /internal/publish latency {}", calls.ms());
+    Ok(json!({
+        "scenario": if targets.len() > 1 { "cluster" } else { "fanout" },
+        "topics": topics.len(), "published": published, "publish_failures": failures,
+        "publish_rate": published as f64 / elapsed.as_secs_f64(),
+        "publish_call": calls.json(), "nodes": per_node_json, "complete": all_complete,
+    }))
+}
+
+/// Churn: connect, authenticate and close `cycles` times; RSS before and after.
+pub async fn churn(target: &Target, cycles: usize, concurrency: usize) -> Result<Value> {
+    let run = run_id();
+    let topic = topic_name(&run, 0);
+    let mut publisher = Publisher::new(target.internal, &target.secret);
+    publisher.register(&topic).await?;
+    let rss_before = target.pid.map(rss_kib).transpose()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    let token = token(&target.secret, 1, &topic, unix_now() + 3600);
+    let per_worker = cycles.div_ceil(concurrency.max(1));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (ws, topic, token) = (target.ws, topic.clone(), token.clone());
+        workers.spawn(async move {
+            let mut done = 0usize;
+            let mut failed = 0usize;
+            for _ in 0..per_worker {
+                if Instant::now() > deadline {
+                    break;
+                }
+                match Browser::open(ws, &topic, &token).await {
+                    Ok(browser) => {
+                        browser.close().await;
+                        done += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (done, failed)
+        });
+    }
+    let (mut done, mut failed) = (0usize, 0usize);
+    while let Some(joined) = workers.join_next().await {
+        let (d, f) = joined?;
+        done += d;
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    wait_sockets(&mut publisher, 0, Duration::from_secs(30))
+        .await
+        .ok();
+    let rss_after = target.pid.map(rss_kib).transpose()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_settled = target.pid.map(rss_kib).transpose()?;
+    println!(
+        "churn: {done} connect/auth/close cycles ({failed} failed) in {:.1} s = {:.0}/s",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64()
+    );
+    let change = match (rss_before, rss_settled) {
+        (Some(b), Some(a)) => {
+            let pct = (a as f64 - b as f64) * 100.0 / b as f64;
+            println!(
+                "churn: server RSS {b} KiB before, {} KiB after, {a} KiB settled ({pct:+.1} %)",
+                rss_after.unwrap_or(0)
+            );
+            Some(pct)
+        }
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "churn", "cycles": done, "failed": failed, "per_s": done as f64 / elapsed.as_secs_f64(),
+        "rss_before_kib": rss_before, "rss_after_kib": rss_after, "rss_settled_kib": rss_settled, "rss_change_pct": change,
+    }))
+}
