@@ -60,11 +60,11 @@ impl Browser {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             percent_encode(topic)
         );
-        stream.write_all(request.as_bytes()).await?;
+        // One write: the upgrade request and the auth frame together.
         let auth = serde_json::json!({"type": "auth", "token": token}).to_string();
-        stream
-            .write_all(&client_frame(0x1, auth.as_bytes()))
-            .await?;
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(&client_frame(0x1, auth.as_bytes()));
+        stream.write_all(&bytes).await?;
         let mut browser = Browser {
             stream: BufReader::with_capacity(1024, stream),
         };

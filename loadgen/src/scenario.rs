@@ -44,10 +44,21 @@ async fn open_many(
     let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
     let expires = unix_now() + 3600;
+    // Tokens are signed up front (one per topic and user; users repeat every
+    // 1,000 sockets), so the connect loop measures connecting, not signing.
+    let users = 1000usize;
+    let tokens: Vec<Vec<String>> = topics
+        .iter()
+        .map(|topic| {
+            (0..users)
+                .map(|u| token(&target.secret, (u + 1) as i64, topic, expires))
+                .collect()
+        })
+        .collect();
     for i in 0..count {
         let k = i % topics.len();
         let topic = topics[k].clone();
-        let token = token(&target.secret, (i + 1) as i64, &topic, expires);
+        let token = tokens[k][(i / topics.len()) % users].clone();
         let ws = target.ws;
         let limit = Arc::clone(&limit);
         tasks.spawn(async move {
@@ -119,7 +130,14 @@ pub async fn idle(
         .as_u64()
         .unwrap_or(0) as usize;
     let rss_before = target.pid.map(rss_kib).transpose()?;
+    let cpu_before = target.pid.map(cpu_time).transpose()?;
+    let own_before = cpu_time(std::process::id())?;
     let (open, elapsed, mut latencies) = open_many(target, &topics, sockets, deadline).await?;
+    let own_cpu = cpu_time(std::process::id())?.saturating_sub(own_before);
+    let server_cpu = match (cpu_before, target.pid.map(cpu_time).transpose()?) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     wait_sockets(
         &mut publisher,
         base_sockets + sockets,
@@ -132,6 +150,13 @@ pub async fn idle(
     let connect = Percentiles::of(&mut latencies);
     println!("idle: {sockets} authenticated sockets over {} topics in {:.2} s = {rate:.0} connect+auth/s", topics.len(), elapsed.as_secs_f64());
     println!("idle: connect+auth latency {}", connect.ms());
+    let server_us_per_connect = server_cpu.map(|c| c.as_secs_f64() * 1e6 / sockets as f64);
+    if let Some(per) = server_us_per_connect {
+        println!(
+            "idle: CPU per connect+auth: server {per:.1} µs, load generator {:.1} µs",
+            own_cpu.as_secs_f64() * 1e6 / sockets as f64
+        );
+    }
     let per_socket = match (rss_before, rss_after) {
         (Some(before), Some(after)) => {
             let per = (after.saturating_sub(before)) as f64 * 1024.0 / sockets as f64;
@@ -150,6 +175,8 @@ pub async fn idle(
     Ok(json!({
         "scenario": "idle", "sockets": sockets, "topics": topics.len(),
         "connect_per_s": rate, "connect_latency": connect.json(),
+        "server_cpu_us_per_connect": server_us_per_connect,
+        "loadgen_cpu_us_per_connect": own_cpu.as_secs_f64() * 1e6 / sockets as f64,
         "rss_before_kib": rss_before, "rss_after_kib": rss_after, "rss_per_socket_kib": per_socket,
     }))
 }
@@ -202,37 +229,21 @@ pub async fn fanout(
         .iter()
         .map(|t| t.pid.and_then(|p| cpu_time(p).ok()))
         .collect();
-    let pad = "x".repeat(payload_bytes.saturating_sub(40));
-    let mut sent_per_topic = vec![0u64; topics.len()];
-    let mut call_latencies = Vec::new();
-    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let publishing_started = Instant::now();
-    let mut failures = 0u64;
-    let mut i = 0usize;
-    while publishing_started.elapsed() < duration {
-        ticker.tick().await;
-        let k = i % topics.len();
-        i += 1;
-        let seq = sent_per_topic[k];
-        let t = epoch.elapsed().as_nanos() as u64;
-        let body = format!(
-            r#"{{"topic":"{}","payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}}}}"#,
-            topics[k]
-        );
-        let begun = Instant::now();
-        let (status, _) = publisher
-            .request("POST", "/internal/publish", &body)
-            .await?;
-        call_latencies.push(begun.elapsed().as_micros() as u64);
-        if status == 200 {
-            sent_per_topic[k] += 1;
-        } else {
-            failures += 1;
-        }
-    }
-    let publish_elapsed = publishing_started.elapsed();
+    // The publisher runs on a thread of its own, so its call latency is not
+    // inflated by the receivers sharing this process's runtime.
+    let publish_run = PublishRun {
+        target: publish_target.internal,
+        secret: publish_target.secret.clone(),
+        topics: topics.clone(),
+        rate,
+        duration,
+        payload_bytes,
+        epoch,
+    };
+    let (sent_per_topic, call_latencies, failures, publish_elapsed) =
+        tokio::task::spawn_blocking(move || publish_run.run())
+            .await
+            .context("publisher thread")??;
     // Deliveries may still be in flight: receivers stop once they have every
     // publish of their topic, or 5 s from now.
     let _ = finish.set((
@@ -269,6 +280,60 @@ pub async fn fanout(
         rate,
         per_node,
     )
+}
+
+/// One publisher at a fixed rate, round-robin over the topics; each payload
+/// carries its topic sequence number and send time.
+struct PublishRun {
+    target: SocketAddr,
+    secret: String,
+    topics: Vec<String>,
+    rate: f64,
+    duration: Duration,
+    payload_bytes: usize,
+    epoch: Instant,
+}
+
+impl PublishRun {
+    fn run(self) -> Result<(Vec<u64>, Vec<u64>, u64, Duration)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let mut publisher = Publisher::new(self.target, &self.secret);
+            let pad = "x".repeat(self.payload_bytes.saturating_sub(40));
+            let mut sent_per_topic = vec![0u64; self.topics.len()];
+            let mut call_latencies = Vec::new();
+            let mut ticker =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate.max(0.1)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let started = Instant::now();
+            let mut failures = 0u64;
+            let mut i = 0usize;
+            while started.elapsed() < self.duration {
+                ticker.tick().await;
+                let k = i % self.topics.len();
+                i += 1;
+                let seq = sent_per_topic[k];
+                let t = self.epoch.elapsed().as_nanos() as u64;
+                let body = format!(
+                    r#"{{"topic":"{}","payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}}}}"#,
+                    self.topics[k]
+                );
+                let begun = Instant::now();
+                let (status, _) = publisher
+                    .request("POST", "/internal/publish", &body)
+                    .await?;
+                call_latencies.push(begun.elapsed().as_micros() as u64);
+                if status == 200 {
+                    sent_per_topic[k] += 1;
+                } else {
+                    failures += 1;
+                }
+            }
+            Ok((sent_per_topic, call_latencies, failures, started.elapsed()))
+        })
+    }
 }
 
 /// Set once publishing is over: how many publishes each topic got, and

@@ -58,6 +58,10 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
     // the earlier of the two moves.
     let keepalive = tokio::time::sleep_until(next_ping);
     tokio::pin!(keepalive);
+    // Created once: every socket shares the node's token, and re-creating
+    // this future per loop would lock the token's state twice per frame.
+    let shutdown = node.shutdown.cancelled();
+    tokio::pin!(shutdown);
 
     loop {
         let idle_deadline = last_heard + IDLE_TIMEOUT;
@@ -66,7 +70,7 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
             keepalive.as_mut().reset(wake_at);
         }
         tokio::select! {
-            _ = node.shutdown.cancelled() => {
+            () = &mut shutdown => {
                 close_with(&mut conn, close::GOING_AWAY, "server shutting down").await;
                 return;
             }
