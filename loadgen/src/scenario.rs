@@ -22,7 +22,7 @@ pub struct Target {
     pub pid: Option<u32>,
 }
 
-const CONNECT_CONCURRENCY: usize = 256;
+const CONNECT_CONCURRENCY: usize = 64;
 
 fn topic_name(run: &str, k: usize) -> String {
     format!("load-{run}-{k}")
