@@ -96,8 +96,9 @@ impl App {
             cluster.spawn(&node);
         }
         node.tasks.spawn(sweep_registry(Arc::clone(&node)));
+        let public = crate::ws::router(Arc::clone(&node));
         node.tasks
-            .spawn(serve_public(ws_listener, Arc::clone(&node)));
+            .spawn(serve_http(ws_listener, public, Arc::clone(&node)));
         let internal = serve_internal(internal_listener, Arc::clone(&node))
             .context("cannot start the internal API thread")?;
 
@@ -149,25 +150,16 @@ fn serve_internal(
                         return;
                     }
                 };
-                let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-                    let _ = stream.set_nodelay(true);
-                });
-                let shutdown = node.shutdown.clone().cancelled_owned();
-                let router = crate::http::router(node);
-                if let Err(error) = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(%error, "internal listener failed");
-                }
+                let router = crate::http::router(Arc::clone(&node));
+                serve_http(listener, router, node).await;
             });
         })
 }
 
-/// Accepts public connections: HTTP/1.1 with a deadline on the request head
-/// (slow-loris), upgrades to WebSocket.
-async fn serve_public(listener: TcpListener, node: Arc<Node>) {
-    let router = crate::ws::router(Arc::clone(&node));
+/// Accepts HTTP/1.1 connections for `router` (both listeners) with a
+/// deadline on the request head (slow-loris) and upgrades enabled; stops
+/// accepting at shutdown and lets open requests finish briefly.
+async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
     let header_timeout = node.config.limits.handshake_timeout;
     loop {
         let (stream, peer) = tokio::select! {

@@ -343,3 +343,78 @@ fn rand_suffix() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_both_listeners_leaves_the_node_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start("limits:\n  handshake_timeout: 1s").await;
+    node.register("ok", true).await;
+    let mut keeper = node.socket("ok", 1).await;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let mut half_open = Vec::new();
+    for round in 0..40 {
+        for addr in [node.ws, node.internal] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let bytes = match round % 5 {
+                0 => random(1 + round * 97),
+                // a handshake that never finishes (slow-loris)
+                1 => b"GET /ws?topic=ok HTTP/1.1\r\nHost: x\r\nUpgrade: web".to_vec(),
+                // an upgrade followed by an oversize and an invalid UTF-8 frame
+                2 => {
+                    let mut b = b"GET /ws?topic=ok HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                        .to_vec();
+                    b.extend_from_slice(&[0x81, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4]);
+                    b.extend_from_slice(&[0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28]);
+                    b
+                }
+                // wrong secrets and broken JSON on the internal API
+                3 => b"POST /internal/publish HTTP/1.1\r\nHost: x\r\nX-Worker-Secret: nope\r\nContent-Length: 5\r\n\r\n{\"a\":".to_vec(),
+                _ => {
+                    let mut b = b"POST /internal/register HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n".to_vec();
+                    b.extend(random(4096));
+                    b
+                }
+            };
+            let _ = stream.write_all(&bytes).await;
+            if round % 5 == 1 {
+                half_open.push(stream);
+            } else {
+                let mut sink = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(300), stream.read_to_end(&mut sink))
+                        .await;
+            }
+        }
+    }
+    // Still serving: status, a new socket, and a publish to the old one.
+    assert_eq!(node.status("").await["status"], "ok");
+    let mut fresh = node.socket("ok", 2).await;
+    assert_eq!(node.publish("ok", &json!("alive")).await, 200);
+    keeper
+        .expect_push(&json!("alive"), "the socket opened before the garbage")
+        .await;
+    fresh
+        .expect_push(&json!("alive"), "a socket opened after the garbage")
+        .await;
+    // Half-open handshakes are cut after the handshake timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for mut stream in half_open {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "a slow-loris connection is closed by the server"
+        );
+    }
+}
