@@ -102,6 +102,22 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Many sockets close at once while new ones connect; new-connect latency.
+    MassClose {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 2_000)]
+        fresh: usize,
+    },
+    /// SIGTERM with sockets open: every socket should get 1001, exit within 10 s.
+    Sigterm {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+    },
     /// A few seconds of each scenario at small N against a server this
     /// command starts itself; exits non-zero unless every delivery arrived.
     Smoke {
@@ -247,6 +263,21 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
                 concurrency.clamp(1, 1024),
             )
             .await
+        }
+        Scenario::MassClose {
+            target: t,
+            sockets,
+            fresh,
+        } => {
+            scenario::mass_close(
+                &target(t)?,
+                bounded(sockets)?,
+                bounded(fresh.min(MAX_SOCKETS - sockets.min(MAX_SOCKETS - 1)))?,
+            )
+            .await
+        }
+        Scenario::Sigterm { target: t, sockets } => {
+            scenario::sigterm(&target(t)?, bounded(sockets)?).await
         }
         Scenario::Smoke { server_bin } => smoke(&server_bin).await,
     }

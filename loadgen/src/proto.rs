@@ -122,6 +122,24 @@ impl Browser {
         }
     }
 
+    /// Reads until the server's close frame; returns its code (None on EOF or error).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let b0 = self.stream.read_u8().await.ok()?;
+            let b1 = self.stream.read_u8().await.ok()?;
+            let len = match b1 & 0x7F {
+                126 => u64::from(self.stream.read_u16().await.ok()?),
+                127 => self.stream.read_u64().await.ok()?,
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len).ok()?];
+            self.stream.read_exact(&mut payload).await.ok()?;
+            if b0 & 0x0F == 0x8 {
+                return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            }
+        }
+    }
+
     /// Sends a close frame and drops the connection.
     pub async fn close(mut self) {
         let _ = self

@@ -556,3 +556,94 @@ pub async fn churn(target: &Target, cycles: usize, concurrency: usize) -> Result
         "rss_before_kib": rss_before, "rss_after_kib": rss_after, "rss_settled_kib": rss_settled, "rss_change_pct": change,
     }))
 }
+
+/// Mass close: `sockets` close at once while `fresh` new sockets connect;
+/// reports how long the new connects waited.
+pub async fn mass_close(target: &Target, sockets: usize, fresh: usize) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = run_id();
+    let topics: Vec<String> = (0..10).map(|k| topic_name(&run, k)).collect();
+    let mut publisher = Publisher::new(target.internal, &target.secret);
+    for topic in &topics {
+        publisher.register(topic).await?;
+    }
+    let (open, _, _) = open_many(target, &topics, sockets, deadline).await?;
+    wait_sockets(&mut publisher, sockets, Duration::from_secs(30)).await?;
+    // Close everything at once (a proxy restart, a network blip) ...
+    let closing = tokio::spawn(async move {
+        let mut closers = JoinSet::new();
+        for (_, browser) in open {
+            closers.spawn(browser.close());
+        }
+        while closers.join_next().await.is_some() {}
+    });
+    // ... while new sockets keep arriving.
+    let (new_sockets, elapsed, mut latencies) = open_many(target, &topics, fresh, deadline).await?;
+    closing.await?;
+    let connect = Percentiles::of(&mut latencies);
+    println!(
+        "mass close: {sockets} sockets closed at once while {fresh} connected in {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    println!("mass close: new connect+auth latency {}", connect.ms());
+    for (_, browser) in new_sockets {
+        browser.close().await;
+    }
+    Ok(
+        json!({"scenario": "massclose", "closed": sockets, "connected": fresh, "connect_latency": connect.json()}),
+    )
+}
+
+/// SIGTERM under load: `sockets` open, the server gets SIGTERM; counts the
+/// 1001 close frames and times the exit.
+pub async fn sigterm(target: &Target, sockets: usize) -> Result<Value> {
+    let pid = target.pid.context("sigterm needs --server-pid")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = run_id();
+    let topics: Vec<String> = (0..10).map(|k| topic_name(&run, k)).collect();
+    let mut publisher = Publisher::new(target.internal, &target.secret);
+    for topic in &topics {
+        publisher.register(topic).await?;
+    }
+    let (open, _, _) = open_many(target, &topics, sockets, deadline).await?;
+    wait_sockets(&mut publisher, sockets, Duration::from_secs(30)).await?;
+    let started = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let mut waiters = JoinSet::new();
+    for (_, mut browser) in open {
+        waiters.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), browser.close_code())
+                .await
+                .ok()
+                .flatten()
+        });
+    }
+    let mut going_away = 0usize;
+    while let Some(code) = waiters.join_next().await {
+        if matches!(code, Ok(Some(1001))) {
+            going_away += 1;
+        }
+    }
+    let all_closed = started.elapsed();
+    let mut exited = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+        {
+            exited = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "sigterm: {going_away}/{sockets} sockets got close 1001 within {:.2} s; process exited after {}",
+        all_closed.as_secs_f64(),
+        exited.map_or("more than 15 s".to_string(), |e| format!("{:.2} s", e.as_secs_f64()))
+    );
+    Ok(
+        json!({"scenario": "sigterm", "sockets": sockets, "going_away": going_away,
+        "all_closed_s": all_closed.as_secs_f64(), "exit_s": exited.map(|e| e.as_secs_f64())}),
+    )
+}
