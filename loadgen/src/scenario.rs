@@ -557,18 +557,32 @@ pub async fn churn(target: &Target, cycles: usize, concurrency: usize) -> Result
     }))
 }
 
-/// Mass close: `sockets` close at once while `fresh` new sockets connect;
-/// reports how long the new connects waited.
-pub async fn mass_close(target: &Target, sockets: usize, fresh: usize) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// Registers 10 fresh topics and opens `sockets` over them; returns once the
+/// server counts them.
+async fn open_counted(
+    target: &Target,
+    sockets: usize,
+    deadline: Instant,
+) -> Result<(Vec<String>, Vec<(usize, Browser)>)> {
     let run = run_id();
     let topics: Vec<String> = (0..10).map(|k| topic_name(&run, k)).collect();
     let mut publisher = Publisher::new(target.internal, &target.secret);
     for topic in &topics {
         publisher.register(topic).await?;
     }
+    let base = publisher.status().await?["connected_sockets"]
+        .as_u64()
+        .unwrap_or(0) as usize;
     let (open, _, _) = open_many(target, &topics, sockets, deadline).await?;
-    wait_sockets(&mut publisher, sockets, Duration::from_secs(30)).await?;
+    wait_sockets(&mut publisher, base + sockets, Duration::from_secs(30)).await?;
+    Ok((topics, open))
+}
+
+/// Mass close: `sockets` close at once while `fresh` new sockets connect;
+/// reports how long the new connects waited.
+pub async fn mass_close(target: &Target, sockets: usize, fresh: usize) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (topics, open) = open_counted(target, sockets, deadline).await?;
     // Close everything at once (a proxy restart, a network blip) ...
     let closing = tokio::spawn(async move {
         let mut closers = JoinSet::new();
@@ -599,14 +613,7 @@ pub async fn mass_close(target: &Target, sockets: usize, fresh: usize) -> Result
 pub async fn sigterm(target: &Target, sockets: usize) -> Result<Value> {
     let pid = target.pid.context("sigterm needs --server-pid")?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let run = run_id();
-    let topics: Vec<String> = (0..10).map(|k| topic_name(&run, k)).collect();
-    let mut publisher = Publisher::new(target.internal, &target.secret);
-    for topic in &topics {
-        publisher.register(topic).await?;
-    }
-    let (open, _, _) = open_many(target, &topics, sockets, deadline).await?;
-    wait_sockets(&mut publisher, sockets, Duration::from_secs(30)).await?;
+    let (_, open) = open_counted(target, sockets, deadline).await?;
     let started = Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
