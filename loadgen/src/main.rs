@@ -328,6 +328,9 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     )
     .await?;
     let churn = scenario::churn(&target, 500, 16).await?;
+    let mass_close = scenario::mass_close(&target, 300, 100).await?;
+    // Last: it ends the server.
+    let sigterm = scenario::sigterm(&target, 100).await?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     if fanout["complete"] != true {
@@ -336,8 +339,14 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     if churn["failed"] != 0 {
         bail!("smoke: churn cycles failed: {churn}");
     }
+    if sigterm["going_away"] != 100 || sigterm["exit_s"].is_null() {
+        bail!("smoke: SIGTERM did not close every socket with 1001 and exit: {sigterm}");
+    }
     println!("smoke: every scenario ran, every delivery arrived in order");
-    Ok(serde_json::json!({"scenario": "smoke", "idle": idle, "fanout": fanout, "churn": churn}))
+    Ok(serde_json::json!({
+        "scenario": "smoke", "idle": idle, "fanout": fanout, "churn": churn,
+        "mass_close": mass_close, "sigterm": sigterm,
+    }))
 }
 
 struct KillOnDrop(Child);

@@ -172,6 +172,8 @@ pub async fn idle(
     for (_, browser) in open {
         browser.close().await;
     }
+    // Leave the server as found, so the next scenario counts from a settled base.
+    wait_sockets(&mut publisher, base_sockets, Duration::from_secs(30)).await?;
     Ok(json!({
         "scenario": "idle", "sockets": sockets, "topics": topics.len(),
         "connect_per_s": rate, "connect_latency": connect.json(),
@@ -214,11 +216,13 @@ pub async fn fanout(
     let mut receivers = JoinSet::new();
     let per_node = sockets / targets.len();
     let finish: Finish = Arc::new(std::sync::OnceLock::new());
+    let mut bases = Vec::new();
     for (n, target) in targets.iter().enumerate() {
         let mut status = Publisher::new(target.internal, &target.secret);
         let base = status.status().await?["connected_sockets"]
             .as_u64()
             .unwrap_or(0) as usize;
+        bases.push(base);
         let (open, _, _) = open_many(target, &topics, per_node, connect_deadline).await?;
         wait_sockets(&mut status, base + per_node, Duration::from_secs(30)).await?;
         for (k, browser) in open {
@@ -266,6 +270,10 @@ pub async fn fanout(
         .collect();
     for browser in browsers {
         browser.close().await;
+    }
+    for (target, base) in targets.iter().zip(bases) {
+        let mut status = Publisher::new(target.internal, &target.secret);
+        wait_sockets(&mut status, base, Duration::from_secs(30)).await?;
     }
     summarize(
         targets,
@@ -603,6 +611,8 @@ pub async fn mass_close(target: &Target, sockets: usize, fresh: usize) -> Result
     for (_, browser) in new_sockets {
         browser.close().await;
     }
+    let mut publisher = Publisher::new(target.internal, &target.secret);
+    wait_sockets(&mut publisher, 0, Duration::from_secs(30)).await?;
     Ok(
         json!({"scenario": "massclose", "closed": sockets, "connected": fresh, "connect_latency": connect.json()}),
     )
