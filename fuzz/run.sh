@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 20) with libFuzzer on the
 # stable toolchain: coverage instrumentation through stable rustc flags
-# (sancov), no sanitizer (that part needs nightly). Corpora live in
-# fuzz/corpus/<target>/ and grow as the fuzzer finds new coverage; a crash
+# (sancov), no sanitizer (that part needs nightly). The committed corpora in
+# fuzz/corpus/<target>/ and the seeds are read; new inputs go to a scratch
+# corpus under the target directory, so a run leaves the tree clean (merge
+# them into fuzz/corpus with libFuzzer's -merge=1 after a long run). A crash
 # makes this script fail and leaves the input in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,9 +19,10 @@ cargo build --release --locked --bins --target "$triple"
 bin="$CARGO_TARGET_DIR/$triple/release"
 status=0
 for target in token auth_frame envelope config; do
-  mkdir -p "corpus/$target" "artifacts/$target"
+  scratch="$CARGO_TARGET_DIR/corpus/$target"
+  mkdir -p "$scratch" "corpus/$target" "artifacts/$target"
   echo "== fuzz $target for ${seconds}s"
-  if ! "$bin/$target" "corpus/$target" "seeds/$target" \
+  if ! "$bin/$target" "$scratch" "corpus/$target" "seeds/$target" \
       -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="artifacts/$target/" -print_final_stats=1 2>"artifacts/$target/last.log"; then
     echo "fuzz $target: FAILED (see fuzz/artifacts/$target/)"
