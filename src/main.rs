@@ -106,6 +106,20 @@ fn load(path: Option<&Path>) -> Result<Loaded, ExitCode> {
     })
 }
 
+/// The secret from the config file or environment; a generated one is no
+/// use to the helpers that sign tokens, so it is refused with a hint.
+fn configured_secret(path: Option<&Path>, command: &str) -> Result<Secret, ExitCode> {
+    let loaded = load(path)?;
+    if loaded.generated_secret {
+        eprintln!(
+            "skywave {command}: no worker_secret configured (use --config or {})",
+            env_name("worker_secret")
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(loaded.config.worker_secret)
+}
+
 fn run(path: Option<&Path>) -> ExitCode {
     let loaded = match load(path) {
         Ok(loaded) => loaded,
@@ -205,17 +219,10 @@ fn check_config(path: Option<&Path>) -> ExitCode {
 }
 
 fn token(path: Option<&Path>, topic: &str, user: i64, ttl: &str, jwt: bool) -> ExitCode {
-    let loaded = match load(path) {
-        Ok(loaded) => loaded,
+    let secret = match configured_secret(path, "token") {
+        Ok(secret) => secret,
         Err(code) => return code,
     };
-    if loaded.generated_secret {
-        eprintln!(
-            "skywave token: no worker_secret configured (use --config or {})",
-            env_name("worker_secret")
-        );
-        return ExitCode::from(2);
-    }
     let ttl: Duration = match parse_go_duration(ttl) {
         Ok(ttl) if !ttl.is_zero() => ttl,
         Ok(_) => {
@@ -227,7 +234,7 @@ fn token(path: Option<&Path>, topic: &str, user: i64, ttl: &str, jwt: bool) -> E
             return ExitCode::from(2);
         }
     };
-    let secret = loaded.config.worker_secret.expose().as_bytes();
+    let secret = secret.expose().as_bytes();
     let expires = skywave::auth::unix_now() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let token = if jwt {
         match skywave::auth::sign_jwt(secret, user, topic, expires) {
@@ -306,21 +313,15 @@ fn listen(
     use tokio_tungstenite::tungstenite::Message;
     let token = match token {
         Some(token) => token,
-        None => {
-            let loaded = match load(path) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            if loaded.generated_secret {
-                eprintln!(
-                    "skywave listen: no worker_secret configured (use --config, {} or --token)",
-                    env_name("worker_secret")
-                );
-                return ExitCode::from(2);
-            }
-            let secret = loaded.config.worker_secret.expose().as_bytes();
-            skywave::auth::sign_hex_token(secret, user, topic, skywave::auth::unix_now() + 86_400)
-        }
+        None => match configured_secret(path, "listen") {
+            Ok(secret) => skywave::auth::sign_hex_token(
+                secret.expose().as_bytes(),
+                user,
+                topic,
+                skywave::auth::unix_now() + 86_400,
+            ),
+            Err(code) => return code,
+        },
     };
     let query: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("topic", topic)
