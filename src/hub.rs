@@ -59,7 +59,7 @@ impl Hub {
     /// subscription unsubscribes it and updates the counts.
     pub fn subscribe(self: &Arc<Self>, topic: &str, user_id: i64) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.queue_capacity));
+        let outbox = Arc::new(Outbox::new());
         let topic: Arc<str> = match self.topics.get(topic) {
             Some(entry) => Arc::clone(entry.key()),
             None => Arc::from(topic),
@@ -93,7 +93,7 @@ impl Hub {
             dropped: 0,
         };
         for outbox in members.values() {
-            if outbox.push(frame.clone()) {
+            if outbox.push(frame.clone(), self.queue_capacity) {
                 delivery.dropped += 1;
             }
         }
@@ -166,7 +166,6 @@ pub struct Outbox {
 
 struct Pending {
     frames: VecDeque<Frame>,
-    capacity: usize,
     /// Frames dropped since the session last took the count.
     missed: u64,
 }
@@ -182,11 +181,10 @@ pub enum Outgoing {
 }
 
 impl Outbox {
-    fn new(capacity: usize) -> Self {
+    fn new() -> Self {
         Outbox {
             queue: Mutex::new(Pending {
                 frames: VecDeque::new(),
-                capacity,
                 missed: 0,
             }),
             ready: Notify::new(),
@@ -200,11 +198,12 @@ impl Outbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame; returns true if an older frame was dropped for it.
-    fn push(&self, frame: Frame) -> bool {
+    /// Queues a frame (the hub's capacity applies to every outbox); returns
+    /// true if an older frame was dropped for it.
+    fn push(&self, frame: Frame, capacity: usize) -> bool {
         let dropped = {
             let mut pending = self.lock();
-            let dropped = if pending.frames.len() >= pending.capacity {
+            let dropped = if pending.frames.len() >= capacity {
                 pending.frames.pop_front();
                 pending.missed += 1;
                 true

@@ -204,13 +204,13 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             duration,
             payload_bytes,
         } => {
-            let t = target(t)?;
-            scenario::fanout(
-                &[t],
+            let targets = vec![target(t)?];
+            fanout(
+                targets,
                 bounded(sockets)?,
                 topics,
                 rate,
-                Duration::from_secs(duration.min(600)),
+                duration,
                 payload_bytes,
             )
             .await
@@ -223,34 +223,15 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             duration,
             payload_bytes,
         } => {
-            let mut targets = Vec::new();
-            for node in &nodes {
-                let parts: Vec<&str> = node.split(',').collect();
-                let (ws, internal) = match parts.as_slice() {
-                    [ws, internal] | [ws, internal, _] => (ws.parse()?, internal.parse()?),
-                    _ => bail!("--node takes WS,INTERNAL[,PID], got {node}"),
-                };
-                let pid = parts.get(2).map(|p| p.parse()).transpose()?;
-                targets.push(target(TargetArgs {
-                    ws,
-                    internal,
-                    secret: secret.clone(),
-                    server_pid: pid,
-                })?);
-            }
+            let targets = nodes
+                .iter()
+                .map(|node| node_target(node, &secret))
+                .collect::<Result<Vec<_>>>()?;
             if targets.len() < 2 {
                 bail!("cluster needs two --node");
             }
             let total = bounded(sockets_per_node * targets.len())?;
-            scenario::fanout(
-                &targets,
-                total,
-                1,
-                rate,
-                Duration::from_secs(duration.min(600)),
-                payload_bytes,
-            )
-            .await
+            fanout(targets, total, 1, rate, duration, payload_bytes).await
         }
         Scenario::Churn {
             target: t,
@@ -281,6 +262,34 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
         }
         Scenario::Smoke { server_bin } => smoke(&server_bin).await,
     }
+}
+
+async fn fanout(
+    targets: Vec<Target>,
+    sockets: usize,
+    topics: usize,
+    rate: f64,
+    seconds: u64,
+    payload_bytes: usize,
+) -> Result<serde_json::Value> {
+    let duration = Duration::from_secs(seconds.min(600));
+    scenario::fanout(&targets, sockets, topics, rate, duration, payload_bytes).await
+}
+
+/// `WS,INTERNAL[,PID]` of a cluster node.
+fn node_target(node: &str, secret: &str) -> Result<Target> {
+    let parts: Vec<&str> = node.split(',').collect();
+    let (ws, internal) = match parts.as_slice() {
+        [ws, internal] | [ws, internal, _] => (ws.parse()?, internal.parse()?),
+        _ => bail!("--node takes WS,INTERNAL[,PID], got {node}"),
+    };
+    let server_pid = parts.get(2).map(|p| p.parse()).transpose()?;
+    target(TargetArgs {
+        ws,
+        internal,
+        secret: secret.to_string(),
+        server_pid,
+    })
 }
 
 /// Starts a server on free loopback ports, runs every scenario briefly.

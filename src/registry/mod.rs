@@ -114,16 +114,15 @@ impl Registry {
         self.local.count()
     }
 
+    /// Registered topics, sorted (cluster-wide while Redis is up).
     pub async fn list(&self) -> Vec<String> {
-        let mut topics = match self.redis_up() {
-            Some(redis) => match redis.list().await {
-                Ok(topics) => topics,
-                Err(_) => self.local.list(),
-            },
-            None => self.local.list(),
-        };
+        if let Some(redis) = self.redis_up() {
+            if let Ok(topics) = redis.list().await {
+                return topics;
+            }
+        }
+        let mut topics = self.local.list();
         topics.sort();
-        topics.dedup();
         topics
     }
 

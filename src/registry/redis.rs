@@ -60,7 +60,8 @@ impl RedisRegistry {
         Ok(value.map(|raw| decode_meta(&raw)))
     }
 
-    /// Every registered topic in the cluster, by `SCAN`.
+    /// Every registered topic in the cluster, by `SCAN`; sorted, and
+    /// deduplicated because `SCAN` may return a key twice.
     pub async fn list(&self) -> Result<Vec<String>, LinkError> {
         let pattern = format!("{}*", escape_glob(&self.key_prefix));
         let mut cursor: u64 = 0;
