@@ -81,6 +81,11 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// This process's node id (also the envelopes' `origin_id`).
+    pub fn node_id(&self) -> &str {
+        &self.node.node_id
+    }
+
     pub fn node(&self) -> Arc<Node> {
         Arc::clone(&self.node)
     }

@@ -240,6 +240,12 @@ impl Metrics {
                 "envelopes not published (redis away or queue full)",
                 load(&c.envelopes_dropped),
             );
+            counter(
+                &mut out,
+                "skywave_cluster_task_panics_total",
+                "cluster tasks (subscriber, publisher, heartbeat) that panicked and were restarted",
+                load(&c.task_panics),
+            );
         }
 
         header(

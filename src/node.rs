@@ -41,7 +41,6 @@ pub struct NotRegistered;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusRequest {
     pub topic_lists: bool,
-    pub nodes: bool,
     /// The WebSocket status answer also carries `uptime_seconds`.
     pub uptime_seconds: bool,
 }
@@ -57,16 +56,20 @@ pub struct StatusReport {
     pub connected_clients: usize,
     pub connected_sockets: usize,
     pub cluster_nodes: i64,
+    /// Every node of the cluster (Go 0.3.0): this node alone in single mode,
+    /// the roster in cluster mode, `null` while Redis is configured but away.
+    pub nodes: Option<Vec<RosterEntry>>,
     pub mode: &'static str,
     pub node_id: String,
+    /// Why the node is degraded (the last Redis error), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic_list: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_topic_list: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<Vec<RosterEntry>>,
 }
 
 impl Node {
@@ -83,6 +86,11 @@ impl Node {
         let (dispatcher, fanout) =
             Dispatcher::new(Arc::clone(&hub), Arc::clone(&metrics), shutdown.clone());
         tasks.spawn(fanout);
+        let hostname = if config.node_name.is_empty() {
+            crate::cluster::hostname()
+        } else {
+            config.node_name.clone()
+        };
         Arc::new(Node {
             config,
             node_id,
@@ -95,7 +103,7 @@ impl Node {
             tasks,
             started: Instant::now(),
             started_at: time::OffsetDateTime::now_utc(),
-            hostname: crate::cluster::hostname(),
+            hostname,
         })
     }
 
@@ -147,10 +155,11 @@ impl Node {
             Some(cluster) => cluster.cluster_nodes().await,
             None => -1,
         };
-        let nodes = if request.nodes {
-            Some(self.nodes().await)
-        } else {
-            None
+        let nodes = self.nodes().await;
+        let mode = self.mode();
+        let redis_error = match (&self.cluster, mode) {
+            (Some(cluster), Mode::Degraded) => cluster.last_error(),
+            _ => None,
         };
         StatusReport {
             status: "ok",
@@ -161,25 +170,33 @@ impl Node {
             connected_clients: counts.connected_clients,
             connected_sockets: counts.connected_sockets,
             cluster_nodes,
-            mode: self.mode().as_str(),
+            nodes,
+            mode: mode.as_str(),
             node_id: self.node_id.clone(),
+            redis_error,
             uptime_seconds: request.uptime_seconds.then_some(uptime),
             topic_list,
             active_topic_list: request.topic_lists.then(|| self.hub.active_topics()),
-            nodes,
         }
     }
 
-    /// Every node seen: the roster in cluster mode, this node alone otherwise.
-    async fn nodes(&self) -> Vec<RosterEntry> {
-        if let Some(cluster) = &self.cluster {
-            if self.mode() == Mode::Cluster {
-                if let Ok(roster) = cluster.roster().await {
-                    return roster;
-                }
-            }
+    /// Every node seen: this node alone in single mode; the roster in
+    /// cluster mode (with this node's own entry fresh, as it is alive now);
+    /// `None` while Redis is configured but cannot be read.
+    async fn nodes(&self) -> Option<Vec<RosterEntry>> {
+        let Some(cluster) = &self.cluster else {
+            return Some(vec![self.roster_entry()]);
+        };
+        if self.mode() != Mode::Cluster {
+            return None;
         }
-        vec![self.roster_entry()]
+        let mut roster = cluster.roster().await.ok()?;
+        let own = self.roster_entry();
+        match roster.iter_mut().find(|entry| entry.id == own.id) {
+            Some(entry) => *entry = own,
+            None => roster.push(own),
+        }
+        Some(roster)
     }
 
     /// This node's presence entry, as written to the roster.

@@ -10,13 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::FromRedisValue;
+use redis::{AsyncConnectionConfig, FromRedisValue};
 use tokio::sync::Notify;
 
-use crate::config::{redact_url, Config, Secret};
+use crate::config::{normalize_redis_url, redact_url, Config, RedisSettings, Secret};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
+    /// The Redis settings cannot work (a TLS file that does not parse, …).
+    #[error("{0}")]
+    Config(String),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
     #[error("redis unavailable: {0}")]
@@ -27,7 +30,9 @@ pub enum LinkError {
 
 pub struct RedisLink {
     pool: Pool,
-    url: Secret,
+    /// The client of the subscriber's dedicated connection; the pool was
+    /// built from the same connection info (TLS settings included).
+    client: redis::Client,
     prefix: String,
     command_timeout: Duration,
     connect_timeout: Duration,
@@ -38,8 +43,12 @@ pub struct RedisLink {
 
 impl RedisLink {
     pub fn new(config: &Config, url: &Secret) -> Result<Self, LinkError> {
-        let manager = Manager::new(url.expose())
-            .map_err(|e| LinkError::Unavailable(format!("{}: {e}", redact_url(url.expose()))))?;
+        let client = open_client(&config.redis, url)?;
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.redis.connect_timeout))
+            .set_response_timeout(Some(config.redis.command_timeout));
+        let manager = Manager::new_with_config(client.get_connection_info().clone(), connection)
+            .map_err(|e| LinkError::Config(format!("{}: {e}", redact_url(url.expose()))))?;
         let pool = Pool::builder(manager)
             .max_size(config.redis.pool_size)
             .wait_timeout(Some(config.redis.command_timeout))
@@ -50,7 +59,7 @@ impl RedisLink {
             .map_err(|e| LinkError::Unavailable(e.to_string()))?;
         Ok(RedisLink {
             pool,
-            url: url.clone(),
+            client,
             prefix: config.redis.key_prefix.clone(),
             command_timeout: config.redis.command_timeout,
             connect_timeout: config.redis.connect_timeout,
@@ -64,8 +73,8 @@ impl RedisLink {
         &self.prefix
     }
 
-    pub fn url(&self) -> &Secret {
-        &self.url
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     pub fn command_timeout(&self) -> Duration {
@@ -145,4 +154,45 @@ impl RedisLink {
         }
         result
     }
+}
+
+/// The client for `url`: TCP, unix socket, or TLS with the system's roots or
+/// the configured CA file and client certificate.
+fn open_client(settings: &RedisSettings, url: &Secret) -> Result<redis::Client, LinkError> {
+    install_crypto_provider();
+    let text = normalize_redis_url(url.expose());
+    let shown = redact_url(url.expose());
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| LinkError::Config(format!("{key} {}: {e}", path.display())))
+    };
+    let root_cert = match &settings.tls_ca_file {
+        Some(path) => Some(read("redis.tls_ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls_cert_file", cert)?,
+            client_key: read("redis.tls_key_file", key)?,
+        }),
+        _ => None,
+    };
+    let client = if root_cert.is_some() || client_tls.is_some() {
+        redis::Client::build_with_tls(
+            text.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+    } else {
+        redis::Client::open(text.as_str())
+    };
+    client.map_err(|e| LinkError::Config(format!("{shown}: {e}")))
+}
+
+/// rustls needs one process-wide crypto provider; the `redis` crate does not
+/// pick one, so without this the first `rediss://` connect panics. Installing
+/// twice is harmless (the first one stays).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

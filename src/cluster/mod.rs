@@ -33,6 +33,12 @@ use crate::node::Node;
 const OUTGOING_QUEUE: usize = 16_384;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// How often an unchanged reason for being degraded is logged again.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// One of the cluster's long-lived tasks, as `restarting` starts it.
+type TaskFn =
+    fn(Arc<Cluster>, Arc<Node>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// How this node delivers right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +68,11 @@ pub struct Cluster {
     roster_key: String,
     subscribed: AtomicBool,
     outgoing: mpsc::Sender<String>,
-    outgoing_rx: Mutex<Option<mpsc::Receiver<String>>>,
+    /// The publisher task's end of the queue; behind a lock so that a
+    /// restarted publisher task takes it up again.
+    outgoing_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+    /// Why the node is not in the cluster, for status (`redis_error`).
+    last_error: Mutex<Option<String>>,
     pub counters: ClusterCounters,
 }
 
@@ -75,6 +85,8 @@ pub struct ClusterCounters {
     pub envelopes_malformed: AtomicU64,
     pub envelopes_published: AtomicU64,
     pub envelopes_dropped: AtomicU64,
+    /// Cluster tasks that panicked and were restarted.
+    pub task_panics: AtomicU64,
 }
 
 impl Cluster {
@@ -88,7 +100,8 @@ impl Cluster {
             node_id: node_id.to_string(),
             subscribed: AtomicBool::new(false),
             outgoing,
-            outgoing_rx: Mutex::new(Some(rx)),
+            outgoing_rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            last_error: Mutex::new(None),
             counters: ClusterCounters::default(),
         }))
     }
@@ -145,21 +158,63 @@ impl Cluster {
         Ok(entries)
     }
 
-    /// Starts the supervisor, the publisher and the heartbeat on the node's tracker.
+    /// Starts the supervisor, the publisher and the heartbeat on the node's
+    /// tracker, each restarted if it panics.
     pub fn spawn(self: &Arc<Self>, node: &Arc<Node>) {
-        let rx = self
-            .outgoing_rx
+        let tasks: [(&'static str, TaskFn); 3] = [
+            ("redis subscriber", |c, n| Box::pin(c.supervise(n))),
+            ("redis publisher", |c, n| Box::pin(c.publish_loop(n))),
+            ("cluster heartbeat", |c, n| Box::pin(c.heartbeat_loop(n))),
+        ];
+        for (name, task) in tasks {
+            node.tasks
+                .spawn(Arc::clone(self).restarting(name, task, Arc::clone(node)));
+        }
+    }
+
+    /// Runs `task` until it returns; a panic is logged at error level,
+    /// counted, shown in status, and the task starts again a second later, so
+    /// a bug never ends clustering silently for the life of the process.
+    async fn restarting(self: Arc<Self>, name: &'static str, task: TaskFn, node: Arc<Node>) {
+        use futures_util::FutureExt;
+        loop {
+            let run = std::panic::AssertUnwindSafe(task(Arc::clone(&self), Arc::clone(&node)));
+            let Err(panic) = run.catch_unwind().await else {
+                return;
+            };
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            self.counters.task_panics.fetch_add(1, Ordering::Relaxed);
+            self.subscribed.store(false, Ordering::Release);
+            self.set_last_error(format!("{name} task panicked: {message}"));
+            tracing::error!(task = name, panic = %message, "cluster task panicked; restarting it in 1 s");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = node.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Why this node is not in the cluster right now, if it is not.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(rx) = rx {
-            node.tasks
-                .spawn(Arc::clone(self).publish_loop(rx, Arc::clone(node)));
-        }
-        node.tasks
-            .spawn(Arc::clone(self).supervise(Arc::clone(node)));
-        node.tasks
-            .spawn(Arc::clone(self).heartbeat_loop(Arc::clone(node)));
+            .clone()
+    }
+
+    /// Records why the node is degraded; true if the reason changed.
+    fn set_last_error(&self, error: String) -> bool {
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = last.as_deref() != Some(error.as_str());
+        *last = Some(error);
+        changed
     }
 
     /// Removes this node from the roster (at shutdown).
@@ -177,18 +232,21 @@ impl Cluster {
     async fn supervise(self: Arc<Self>, node: Arc<Node>) {
         let mut backoff = BACKOFF_START;
         let mut attempts: u64 = 0;
+        let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
             attempts += 1;
             match self.join(&node).await {
                 Ok((sink, stream)) => {
-                    if attempts > 1 || self.counters.joins.load(Ordering::Relaxed) > 0 {
-                        tracing::info!(after_attempts = attempts, "rejoined the cluster");
-                    } else {
-                        tracing::info!(channel = %self.channel, "joined the cluster");
-                    }
-                    self.counters.joins.fetch_add(1, Ordering::Relaxed);
+                    let first = self.counters.joins.fetch_add(1, Ordering::Relaxed) == 0;
+                    let verb = if first { "joined" } else { "rejoined" };
+                    tracing::info!(channel = %self.channel, attempts, "{verb} the cluster");
+                    *self
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
                     attempts = 0;
                     backoff = BACKOFF_START;
+                    last_warning = None;
                     let reason = self.listen(sink, stream, &node).await;
                     self.subscribed.store(false, Ordering::Release);
                     self.link.set_up(false);
@@ -198,13 +256,19 @@ impl Cluster {
                     self.counters
                         .subscriber_restarts
                         .fetch_add(1, Ordering::Relaxed);
+                    self.set_last_error(reason.clone());
                     tracing::warn!(%reason, "lost the redis subscription: degraded until it is back");
                 }
                 Err(error) => {
                     self.subscribed.store(false, Ordering::Release);
                     self.link.set_up(false);
-                    if attempts == 1 {
-                        tracing::warn!(%error, "redis unavailable: running alone (degraded), retrying in the background");
+                    let changed = self.set_last_error(error.to_string());
+                    // Warn when the reason changes, and once a minute while
+                    // it lasts (with the count), never once per retry.
+                    let due = last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+                    if changed || due {
+                        last_warning = Some(tokio::time::Instant::now());
+                        tracing::warn!(%error, attempts, "redis unavailable: running alone (degraded), retrying in the background");
                     } else {
                         tracing::debug!(%error, attempts, "redis still unavailable");
                     }
@@ -223,7 +287,7 @@ impl Cluster {
         node: &Node,
     ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), LinkError> {
         let unavailable = |e: redis::RedisError| LinkError::Unavailable(e.to_string());
-        let client = redis::Client::open(self.link.url().expose()).map_err(unavailable)?;
+        let client = self.link.client();
         let pubsub = tokio::time::timeout(self.link.connect_timeout(), client.get_async_pubsub())
             .await
             .map_err(|_| LinkError::Timeout(self.link.connect_timeout()))?
@@ -323,7 +387,9 @@ impl Cluster {
         }
     }
 
-    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::Receiver<String>, node: Arc<Node>) {
+    async fn publish_loop(self: Arc<Self>, node: Arc<Node>) {
+        let rx = Arc::clone(&self.outgoing_rx);
+        let mut rx = rx.lock().await;
         let mut batch = Vec::with_capacity(128);
         loop {
             let received = tokio::select! {

@@ -14,6 +14,8 @@ pub enum ApiError {
     PayloadTooLarge,
     TopicNotRegistered,
     Timeout,
+    /// `/readyz` while the node cannot serve, with the reason as the body.
+    NotReady(&'static str),
 }
 
 impl IntoResponse for ApiError {
@@ -29,6 +31,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::TopicNotRegistered => (StatusCode::NOT_FOUND, "topic not registered"),
             ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
+            ApiError::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, *why),
         };
         let mut response = (
             status,

@@ -1,13 +1,10 @@
 //! Cluster mode against a real redis-server: fan-out across nodes, joining
 //! late, surviving a Redis crash and a hung Redis, cross-node unregister, and
 //! the node roster.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, TestNode};
+use crate::support::{RedisServer, TestNode};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -314,9 +311,15 @@ async fn foreign_envelopes_are_delivered_and_malformed_ones_skipped() {
     socket
         .expect_silence(Duration::from_millis(500), "own origin_id is skipped")
         .await;
-    let metrics = common::http(node.internal, "GET", "/metrics", None, Some(common::SECRET))
-        .await
-        .1;
+    let metrics = crate::support::http(
+        node.internal,
+        "GET",
+        "/metrics",
+        None,
+        Some(crate::support::SECRET),
+    )
+    .await
+    .1;
     assert!(
         metrics.contains("skywave_envelopes_malformed_total 4"),
         "{metrics}"
