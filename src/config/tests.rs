@@ -160,8 +160,12 @@ fn a_secret_is_generated_only_when_allowed() {
 
 #[test]
 fn the_example_placeholder_is_not_a_secret() {
-    let example = include_str!("../../config.example.yaml");
-    assert_eq!(key_of(Config::from_yaml(example)), "worker_secret");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config.example.yaml"
+    ))
+    .expect("config.example.yaml");
+    assert_eq!(key_of(Config::from_yaml(&example)), "worker_secret");
     assert_eq!(
         key_of(load(
             "worker_secret: \"CHANGE-ME-0123456789abcdef0123456789\"\n"

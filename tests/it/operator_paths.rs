@@ -274,6 +274,25 @@ async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
     let fixed = BinaryNode::start(&dir, "c-fixed", &tls(&certs.ca)).await;
     wait_cluster(&fixed, 3).await;
 
+    // No CA file: the system's roots, here made to hold the test CA through
+    // SSL_CERT_FILE (as a managed Redis's public CA is in the real roots).
+    let mut command = Process::command(&dir);
+    let (ws, internal) = (free_port(), free_port());
+    command
+        .env("SSL_CERT_FILE", &certs.ca)
+        .env("SKYWAVE_REDIS_URL", redis.url())
+        .env("SKYWAVE_WORKER_SECRET", SECRET)
+        .env("SKYWAVE_WS_BIND", "127.0.0.1")
+        .env("SKYWAVE_WS_PORT", ws.to_string())
+        .env("SKYWAVE_INTERNAL_PORT", internal.to_string());
+    let _roots = Process::spawn(command, &dir, "system-roots");
+    wait_port(internal).await;
+    let roots = NodeClient {
+        ws: format!("127.0.0.1:{ws}").parse().unwrap(),
+        internal: format!("127.0.0.1:{internal}").parse().unwrap(),
+    };
+    wait_cluster(&roots, 4).await;
+
     // `#insecure`: no verification at all (testing only), still TLS.
     let insecure = BinaryNode::start(
         &dir,
@@ -281,7 +300,7 @@ async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
         &format!("redis_url: \"{}#insecure\"", redis.url()),
     )
     .await;
-    wait_cluster(&insecure, 4).await;
+    wait_cluster(&insecure, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
