@@ -70,24 +70,22 @@ fn is_open(path: &str) -> bool {
 }
 
 async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    node.metrics.api_requests.fetch_add(1, Ordering::Relaxed);
+    node.metrics().api_requests.fetch_add(1, Ordering::Relaxed);
     let Some((path, allowed)) = route(request.uri().path()) else {
         return ApiError::NotFound.into_response();
     };
     if request.method() != allowed {
         return ApiError::MethodNotAllowed(allowed.clone()).into_response();
     }
-    if !is_open(path)
-        && !secret_matches(request.headers(), node.config.worker_secret.expose())
-    {
+    if !is_open(path) && !secret_matches(request.headers(), node.config().worker_secret.expose()) {
         return ApiError::Forbidden.into_response();
     }
-    match tokio::time::timeout(node.config.limits.request_timeout, next.run(request)).await {
+    match tokio::time::timeout(node.config().limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(
                 path,
-                timeout = ?node.config.limits.request_timeout,
+                timeout = ?node.config().limits.request_timeout,
                 "internal API request timed out"
             );
             ApiError::Timeout.into_response()
@@ -106,26 +104,26 @@ fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
 
 async fn register(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
     let request = body::read(body).await?;
-    let topic = request.topic(node.config.limits.max_topic_length)?;
+    let topic = request.topic(node.config().limits.max_topic_length)?;
     let meta = request.meta()?;
-    node.registry.register(&topic, meta).await;
+    node.registry().register(&topic, meta).await;
     Ok("ok\n")
 }
 
 async fn unregister(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
     let request = body::read(body).await?;
-    let topic = request.topic(node.config.limits.max_topic_length)?;
-    node.registry.unregister(&topic).await;
+    let topic = request.topic(node.config().limits.max_topic_length)?;
+    node.registry().unregister(&topic).await;
     Ok("ok\n")
 }
 
 async fn publish(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
     let started = Instant::now();
     let mut request = body::read(body).await?;
-    let topic = request.topic(node.config.limits.max_topic_length)?;
+    let topic = request.topic(node.config().limits.max_topic_length)?;
     let payload = request.take_payload()?;
     let result = node.publish(topic, payload).await;
-    node.metrics.observe_publish(started.elapsed());
+    node.metrics().observe_publish(started.elapsed());
     result
         .map(|()| "ok\n")
         .map_err(|_| ApiError::TopicNotRegistered)
@@ -149,7 +147,7 @@ async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Res
 /// Go 0.3.0's readiness: 200 while the node can serve; 503 while a
 /// configured Redis is unreachable (degraded) and once shutdown has begun.
 async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
-    if node.shutdown.is_cancelled() {
+    if node.shutdown().is_cancelled() {
         return Err(ApiError::NotReady("shutting down"));
     }
     match node.mode() {
@@ -159,7 +157,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError>
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let text = node.metrics.render(&node).await;
+    let text = node.metrics().render(&node.snapshot());
     (
         [(
             header::CONTENT_TYPE,

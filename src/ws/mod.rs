@@ -1,11 +1,10 @@
 //! The public listener: `GET /ws?topic=T` (checked before the upgrade: 400
 //! without a topic, 404 for an unknown one) and `GET /healthz`.
 //! `session.rs` runs each upgraded socket; `auth.rs` checks its first frame;
-//! `frames.rs` encodes what the server sends.
+//! Outgoing messages are encoded by `crate::frames`.
 
 mod auth;
 mod conn;
-mod frames;
 mod handshake;
 mod limits;
 mod session;
@@ -25,7 +24,6 @@ use tokio::net::TcpStream;
 use self::conn::Connection;
 
 pub use self::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
-pub use self::frames::push_frame;
 use crate::cluster::Mode;
 use crate::metrics::Refusal;
 use crate::node::Node;
@@ -44,8 +42,8 @@ struct Public {
 
 /// The public router; also starts the sweeper of per-address state.
 pub fn router(node: Arc<Node>) -> Router {
-    let admissions = Admissions::new(&node.config.limits);
-    node.tasks
+    let admissions = Admissions::new(&node.config().limits);
+    node.tasks()
         .spawn(sweep_admissions(Arc::clone(&node), Arc::clone(&admissions)));
     Router::new()
         .route("/ws", get(upgrade))
@@ -58,7 +56,7 @@ async fn sweep_admissions(node: Arc<Node>, admissions: Arc<Admissions>) {
     loop {
         tokio::select! {
             _ = tick.tick() => admissions.sweep(),
-            _ = node.shutdown.cancelled() => return,
+            _ = node.shutdown().cancelled() => return,
         }
     }
 }
@@ -88,11 +86,11 @@ async fn upgrade(
     mut request: Request,
 ) -> Response {
     let Some(topic) = query_value(request.uri().query(), "topic").filter(|t| !t.is_empty()) else {
-        node.metrics.refused(Refusal::BadRequest);
+        node.metrics().refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "missing topic");
     };
-    if topic.len() > node.config.limits.max_topic_length {
-        node.metrics.refused(Refusal::BadRequest);
+    if topic.len() > node.config().limits.max_topic_length {
+        node.metrics().refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "topic too long");
     }
     let peer = request
@@ -103,7 +101,7 @@ async fn upgrade(
     let admission = match admissions.admit(client) {
         Ok(admission) => admission,
         Err(refused) => {
-            node.metrics.refused(Refusal::Limit);
+            node.metrics().refused(Refusal::Limit);
             tracing::debug!(client = %client, ?refused, "connection refused by a limit");
             return match refused {
                 Refused::NodeFull => plain(StatusCode::SERVICE_UNAVAILABLE, "server full"),
@@ -113,20 +111,20 @@ async fn upgrade(
             };
         }
     };
-    let Some(meta) = node.registry.lookup(&topic).await else {
-        node.metrics.refused(Refusal::NotRegistered);
+    let Some(meta) = node.registry().lookup(&topic).await else {
+        node.metrics().refused(Refusal::NotRegistered);
         return plain(StatusCode::NOT_FOUND, "topic not registered");
     };
     let accept = match handshake::accept(request.method(), request.headers()) {
         Ok(accept) => accept,
         Err(not_a_handshake) => return not_a_handshake.into_response(),
     };
-    node.metrics.upgrades.fetch_add(1, Ordering::Relaxed);
+    node.metrics().upgrades.fetch_add(1, Ordering::Relaxed);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_node = Arc::clone(&node);
     // No tracing span per socket: entering one on every poll cost ~4 % of the
     // fan-out CPU even with debug logging off.
-    node.tasks.spawn(async move {
+    node.tasks().spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {

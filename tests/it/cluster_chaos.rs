@@ -264,7 +264,7 @@ async fn roster_lists_every_node_and_a_node_leaves_it_on_shutdown() {
         .map(|n| n["id"].as_str().unwrap())
         .collect();
     assert!(
-        ids.contains(&a.node.node_id.as_str()) && ids.contains(&b.node.node_id.as_str()),
+        ids.contains(&a.node.node_id()) && ids.contains(&b.node.node_id()),
         "{status}"
     );
     for entry in status["nodes"].as_array().unwrap() {
@@ -273,7 +273,7 @@ async fn roster_lists_every_node_and_a_node_leaves_it_on_shutdown() {
             assert!(entry[key].is_string(), "{key} in {entry}");
         }
     }
-    let b_id = b.node.node_id.clone();
+    let b_id = b.node.node_id().to_string();
     b.stop().await;
     let mut conn = redis.client().await;
     let still: bool = conn.hexists("wavelog:nodes", &b_id).await.unwrap();
@@ -304,7 +304,7 @@ async fn foreign_envelopes_are_delivered_and_malformed_ones_skipped() {
     socket
         .expect_push(&json!({"from": "go"}), "envelope from another node")
         .await;
-    let own = json!({"origin_id": node.node.node_id, "topic": "foreign", "payload": "echo"});
+    let own = json!({"origin_id": node.node.node_id(), "topic": "foreign", "payload": "echo"});
     let _: i64 = conn
         .publish("wavelog:events", own.to_string())
         .await

@@ -97,11 +97,11 @@ async fn expired_topics_are_freed_and_sockets_survive_them() {
     let node = TestNode::start("topic_ttl: 1s").await;
     node.register("short", true).await;
     let mut socket = node.socket("short", 1).await;
-    let before = node.node.registry.local_entries();
+    let before = node.node.registry().local_entries();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(node.publish("short", &json!(1)).await, 404);
     assert_eq!(
-        node.node.registry.local_entries(),
+        node.node.registry().local_entries(),
         before - 1,
         "the sweeper freed the entry"
     );
