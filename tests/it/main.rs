@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster_chaos;
+mod health;
 mod operator_paths;
 mod props;
 mod single_node;

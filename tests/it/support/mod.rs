@@ -120,6 +120,13 @@ impl NodeClient {
         assert_eq!(code, 200, "register {topic}: {body}");
     }
 
+    pub async fn unregister(&self, topic: &str) {
+        let (code, body) = self
+            .post("/internal/unregister", &json!({"topic": topic}))
+            .await;
+        assert_eq!(code, 200, "unregister {topic}: {body}");
+    }
+
     pub async fn publish(&self, topic: &str, payload: &Value) -> u16 {
         self.post(
             "/internal/publish",

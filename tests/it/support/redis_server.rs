@@ -275,6 +275,19 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server now and lets it go on after `after`, from a timer of
+    /// its own (the caller keeps running meanwhile).
+    pub fn stall_for(&self, after: Duration) {
+        self.pause(true);
+        if let Some(child) = &self.child {
+            let pid = child.id().to_string();
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                let _ = Command::new("kill").args(["-CONT", &pid]).status();
+            });
+        }
+    }
+
     /// A client connection (plain TCP servers only).
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
