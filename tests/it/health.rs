@@ -66,7 +66,10 @@ async fn a_redis_stall_shorter_than_the_command_timeout_changes_nothing() {
             .await;
     }
     for n in [&a, &b] {
-        assert_eq!(metric(n, "skywave_redis_subscriber_restarts_total").await, 0);
+        assert_eq!(
+            metric(n, "skywave_redis_subscriber_restarts_total").await,
+            0
+        );
         assert_eq!(metric(n, "skywave_redis_joins_total").await, 1);
         assert_eq!(metric(n, "skywave_redis_command_failures_total").await, 0);
     }
@@ -87,7 +90,11 @@ async fn a_stall_longer_than_the_command_timeout_fails_commands_not_the_node() {
     for seq in 0..5 {
         assert_eq!(a.publish("slow", &json!({"seq": seq})).await, 200);
     }
-    assert_eq!(a.node.mode().as_str(), "cluster", "a slow command is not a dead Redis");
+    assert_eq!(
+        a.node.mode().as_str(),
+        "cluster",
+        "a slow command is not a dead Redis"
+    );
     redis.pause(false);
     for seq in 0..5 {
         on_b.expect_push(&json!({"seq": seq}), "retried in order once Redis answers")
@@ -95,7 +102,10 @@ async fn a_stall_longer_than_the_command_timeout_fails_commands_not_the_node() {
     }
     assert!(metric(&a, "skywave_redis_command_failures_total").await >= 1);
     assert_eq!(metric(&a, "skywave_envelopes_dropped_total").await, 0);
-    assert_eq!(metric(&a, "skywave_redis_subscriber_restarts_total").await, 0);
+    assert_eq!(
+        metric(&a, "skywave_redis_subscriber_restarts_total").await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,9 +145,13 @@ async fn a_huge_registry_degrades_no_node() {
     a.register("after-bulk", true).await;
     let mut on_b = b.socket("after-bulk", 1).await;
     assert_eq!(a.publish("after-bulk", &json!("still")).await, 200);
-    on_b.expect_push(&json!("still"), "cross-node after the scans").await;
+    on_b.expect_push(&json!("still"), "cross-node after the scans")
+        .await;
     for n in [&a, &b] {
-        assert_eq!(metric(n, "skywave_redis_subscriber_restarts_total").await, 0);
+        assert_eq!(
+            metric(n, "skywave_redis_subscriber_restarts_total").await,
+            0
+        );
     }
 }
 
@@ -167,7 +181,10 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_cluster(&a, 1).await;
-    assert!(!exists(&redis, "gone-elsewhere").await, "an unregister elsewhere is honoured");
+    assert!(
+        !exists(&redis, "gone-elsewhere").await,
+        "an unregister elsewhere is honoured"
+    );
     assert!(exists(&redis, "kept").await);
 
     // 2. Changes made while A is degraded (Redis refuses A's new subscriber
@@ -207,7 +224,10 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(exists(&redis, "while-away").await);
-    assert!(!exists(&redis, "kept").await, "an unregister made while away is replayed");
+    assert!(
+        !exists(&redis, "kept").await,
+        "an unregister made while away is replayed"
+    );
     assert!(!exists(&redis, "gone-elsewhere").await);
 
     // 3. Redis restarted empty (a new run_id): A's whole registry is written
@@ -218,7 +238,10 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
     wait_cluster(&a, 1).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !exists(&redis, "while-away").await {
-        assert!(Instant::now() < deadline, "the mirror is written back after a restart");
+        assert!(
+            Instant::now() < deadline,
+            "the mirror is written back after a restart"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!exists(&redis, "kept").await);

@@ -5,6 +5,7 @@
 
 mod cluster_chaos;
 mod health;
+mod layers;
 mod operator_paths;
 mod props;
 mod single_node;
