@@ -68,6 +68,10 @@ pub struct StatusReport {
     /// Why the node is degraded (the last Redis error), while it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_error: Option<String>,
+    /// Registry changes Redis has not taken yet (refused, or made while it
+    /// was away), while there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_registry_changes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,6 +240,7 @@ impl Node {
             mode: mode.as_str(),
             node_id: self.identity.id.clone(),
             redis_error,
+            pending_registry_changes: Some(self.registry.pending()).filter(|n| *n > 0),
             uptime_seconds: request.uptime_seconds.then_some(uptime),
             topic_list,
             active_topic_list: request.topic_lists.then(|| self.hub.active_topics()),

@@ -16,6 +16,8 @@ pub enum ApiError {
     Timeout,
     /// `/readyz` while the node cannot serve, with the reason as the body.
     NotReady(&'static str),
+    /// Redis is up but refused a registry change (kept and retried here).
+    RegistryRefused,
 }
 
 impl IntoResponse for ApiError {
@@ -32,6 +34,7 @@ impl IntoResponse for ApiError {
             ApiError::TopicNotRegistered => (StatusCode::NOT_FOUND, "topic not registered"),
             ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
             ApiError::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, *why),
+            ApiError::RegistryRefused => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"),
         };
         let mut response = (
             status,

@@ -106,14 +106,20 @@ async fn register(State(node): State<Arc<Node>>, body: Body) -> Result<&'static 
     let request = body::read(body).await?;
     let topic = request.topic(node.config().limits.max_topic_length)?;
     let meta = request.meta()?;
-    node.registry().register(&topic, meta).await;
+    node.registry()
+        .register(&topic, meta)
+        .await
+        .map_err(|_| ApiError::RegistryRefused)?;
     Ok("ok\n")
 }
 
 async fn unregister(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
     let request = body::read(body).await?;
     let topic = request.topic(node.config().limits.max_topic_length)?;
-    node.registry().unregister(&topic).await;
+    node.registry()
+        .unregister(&topic)
+        .await
+        .map_err(|_| ApiError::RegistryRefused)?;
     Ok("ok\n")
 }
 

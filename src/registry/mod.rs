@@ -25,6 +25,10 @@ use crate::broker::{Broker, BrokerError, Health};
 use crate::telemetry::Throttled;
 pub use crate::topic::{TopicChange, TopicMeta, STATUS_TOPIC};
 
+/// Redis is up but refused a registry change; it is kept here and retried.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused;
+
 const STATUS_META: TopicMeta = TopicMeta {
     require_token: true,
 };
@@ -77,46 +81,43 @@ impl Registry {
             .map(|shared| shared.broker.as_ref())
     }
 
-    /// Registers (or re-registers) a topic. Never fails: what the broker
-    /// cannot take now stays pending and is written back when it can.
-    pub async fn register(&self, topic: &str, meta: TopicMeta) {
+    /// Registers (or re-registers) a topic. What the broker cannot take now
+    /// stays pending here and is written back when it can; the change holds
+    /// on this node at once either way. `Err` when Redis is up but refused
+    /// it (OOM, READONLY, …): the publisher must hear that the cluster did
+    /// not get it, since other nodes answer 404 meanwhile.
+    pub async fn register(&self, topic: &str, meta: TopicMeta) -> Result<(), Refused> {
         if topic == STATUS_TOPIC {
             // Reserved: stays registered with require_token for the life of the process.
-            return;
+            return Ok(());
         }
         self.local.register(topic, meta, Some(self.ttl));
-        self.share(
-            topic,
-            TopicChange::Register {
-                topic: topic.to_string(),
-                meta,
-                ttl: self.ttl,
-            },
-        )
-        .await;
+        let change = TopicChange::Register {
+            topic: topic.to_string(),
+            meta,
+            ttl: self.ttl,
+        };
+        self.share(topic, change).await
     }
 
-    pub async fn unregister(&self, topic: &str) {
+    pub async fn unregister(&self, topic: &str) -> Result<(), Refused> {
         if topic == STATUS_TOPIC {
-            return;
+            return Ok(());
         }
         self.local.unregister(topic);
-        self.share(
-            topic,
-            TopicChange::Unregister {
-                topic: topic.to_string(),
-            },
-        )
-        .await;
+        let change = TopicChange::Unregister {
+            topic: topic.to_string(),
+        };
+        self.share(topic, change).await
     }
 
-    async fn share(&self, topic: &str, change: TopicChange) {
+    async fn share(&self, topic: &str, change: TopicChange) -> Result<(), Refused> {
         if self.shared.is_none() {
-            return;
+            return Ok(());
         }
         let Some(broker) = self.connected() else {
             self.pending.mark(topic, &change);
-            return;
+            return Ok(());
         };
         let _direct = self.writing.read().await;
         let result = match &change {
@@ -124,12 +125,19 @@ impl Registry {
             TopicChange::Unregister { .. } => broker.topic_del(topic).await,
         };
         match result {
-            Ok(()) => self.pending.clear(topic),
+            Ok(()) => {
+                self.pending.clear(topic);
+                Ok(())
+            }
             Err(error) => {
                 self.pending.mark(topic, &change);
                 self.refused.warn(|repeats| {
                     tracing::warn!(%error, repeats, pending = self.pending.len(), "the shared registry did not take a change: kept here, written back when it does");
                 });
+                match error {
+                    BrokerError::Refused(_) => Err(Refused),
+                    _ => Ok(()),
+                }
             }
         }
     }

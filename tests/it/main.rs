@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster_chaos;
+mod failures;
 mod health;
 mod layers;
 mod operator_paths;
