@@ -41,10 +41,16 @@ pub struct Node {
 #[derive(Debug, PartialEq, Eq)]
 pub struct NotRegistered;
 
+/// At most this many topics per list in one status answer; `?after=T`
+/// pages on from topic `T`.
+pub const TOPIC_LIST_MAX: usize = 10_000;
+
 /// What a status request asks for beyond the Go worker's fields.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StatusRequest {
     pub topic_lists: bool,
+    /// With `topic_lists`: only topics sorted after this one (paging).
+    pub topics_after: Option<String>,
     /// The WebSocket status answer also carries `uptime_seconds`.
     pub uptime_seconds: bool,
 }
@@ -78,6 +84,10 @@ pub struct StatusReport {
     pub topic_list: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_topic_list: Option<Vec<String>>,
+    /// Set when a list was cut at [`TOPIC_LIST_MAX`]: ask again with
+    /// `?topics=1&after=<the last topic of topic_list>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic_list_truncated: Option<bool>,
 }
 
 impl Node {
@@ -211,11 +221,24 @@ impl Node {
     pub async fn status(&self, request: StatusRequest) -> StatusReport {
         let counts = self.hub.counts();
         let uptime = self.uptime_seconds();
-        let (registered_topics, topic_list) = if request.topic_lists {
+        let mut truncated = false;
+        let mut page = |mut list: Vec<String>| {
+            if let Some(after) = &request.topics_after {
+                list.retain(|topic| topic > after);
+            }
+            if list.len() > TOPIC_LIST_MAX {
+                list.truncate(TOPIC_LIST_MAX);
+                truncated = true;
+            }
+            list
+        };
+        let (registered_topics, topic_list, active_topic_list) = if request.topic_lists {
             let list = self.registry.list().await;
-            (list.len(), Some(list))
+            let mut active = self.hub.active_topics();
+            active.sort();
+            (list.len(), Some(page(list)), Some(page(active)))
         } else {
-            (self.registry.count().await, None)
+            (self.registry.count().await, None, None)
         };
         let cluster_nodes = match &self.cluster {
             Some(cluster) => cluster.cluster_nodes().await,
@@ -243,7 +266,8 @@ impl Node {
             pending_registry_changes: Some(self.registry.pending()).filter(|n| *n > 0),
             uptime_seconds: request.uptime_seconds.then_some(uptime),
             topic_list,
-            active_topic_list: request.topic_lists.then(|| self.hub.active_topics()),
+            active_topic_list,
+            topic_list_truncated: truncated.then_some(true),
         }
     }
 

@@ -18,6 +18,8 @@ pub enum ApiError {
     NotReady(&'static str),
     /// Redis is up but refused a registry change (kept and retried here).
     RegistryRefused,
+    /// The body did not arrive in time (a client fault: 408, not 503).
+    BodyTimeout,
 }
 
 impl IntoResponse for ApiError {
@@ -35,6 +37,7 @@ impl IntoResponse for ApiError {
             ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
             ApiError::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, *why),
             ApiError::RegistryRefused => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timeout"),
         };
         let mut response = (
             status,

@@ -80,6 +80,9 @@ async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> R
     if !is_open(path) && !secret_matches(request.headers(), node.config().worker_secret.expose()) {
         return ApiError::Forbidden.into_response();
     }
+    if declared_too_large(request.headers()) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
     match tokio::time::timeout(node.config().limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -93,6 +96,21 @@ async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> R
     }
 }
 
+/// A body must arrive within half the request's time, so that a trickling
+/// client gets its 408 well before the request deadline's 503.
+fn body_deadline(node: &Node) -> std::time::Duration {
+    node.config().limits.request_timeout / 2
+}
+
+/// A declared `Content-Length` over the cap is refused before reading.
+fn declared_too_large(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > body::MAX_BODY as u64)
+}
+
 /// Constant-time comparison; an empty or missing header never matches.
 fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
     let Some(given) = headers.get(SECRET_HEADER) else {
@@ -103,7 +121,7 @@ fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
 }
 
 async fn register(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
-    let request = body::read(body).await?;
+    let request = body::read(body, body_deadline(&node)).await?;
     let topic = request.topic(node.config().limits.max_topic_length)?;
     let meta = request.meta()?;
     node.registry()
@@ -114,7 +132,7 @@ async fn register(State(node): State<Arc<Node>>, body: Body) -> Result<&'static 
 }
 
 async fn unregister(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
-    let request = body::read(body).await?;
+    let request = body::read(body, body_deadline(&node)).await?;
     let topic = request.topic(node.config().limits.max_topic_length)?;
     node.registry()
         .unregister(&topic)
@@ -125,7 +143,7 @@ async fn unregister(State(node): State<Arc<Node>>, body: Body) -> Result<&'stati
 
 async fn publish(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
     let started = Instant::now();
-    let mut request = body::read(body).await?;
+    let mut request = body::read(body, body_deadline(&node)).await?;
     let topic = request.topic(node.config().limits.max_topic_length)?;
     let payload = request.take_payload()?;
     let result = node.publish(topic, payload).await;
@@ -143,8 +161,14 @@ async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Res
     };
     // `?nodes=1` (skywave before Go 0.3.0) is still accepted: the roster is
     // in every answer now.
+    let after = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| v.into_owned())
+    });
     let request = StatusRequest {
         topic_lists: flag("topics"),
+        topics_after: after,
         uptime_seconds: false,
     };
     Json(node.status(request).await).into_response()
