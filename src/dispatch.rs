@@ -17,7 +17,14 @@ const QUEUE: usize = 8_192;
 
 #[derive(Clone)]
 pub struct Dispatcher {
-    tx: mpsc::Sender<(String, Frame)>,
+    tx: mpsc::Sender<(Target, Frame)>,
+}
+
+/// Who a frame is for.
+enum Target {
+    Topic(String),
+    /// Every socket on this node (a notice such as `resync`).
+    Everyone,
 }
 
 impl Dispatcher {
@@ -27,15 +34,18 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
-        let (tx, mut rx) = mpsc::channel::<(String, Frame)>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<(Target, Frame)>(QUEUE);
         let task = async move {
             loop {
                 let next = tokio::select! {
                     next = rx.recv() => next,
                     _ = shutdown.cancelled() => None,
                 };
-                let Some((topic, frame)) = next else { return };
-                let delivery = hub.deliver(&topic, &frame);
+                let Some((target, frame)) = next else { return };
+                let delivery = match target {
+                    Target::Topic(topic) => hub.deliver(&topic, &frame),
+                    Target::Everyone => hub.deliver_all(&frame),
+                };
                 metrics
                     .deliveries
                     .fetch_add(delivery.recipients as u64, Ordering::Relaxed);
@@ -52,6 +62,12 @@ impl Dispatcher {
     /// Queues a frame for every socket on `topic` on this node.
     pub async fn dispatch(&self, topic: String, frame: Frame) {
         // Fails only after shutdown, when nothing is delivered any more.
-        let _ = self.tx.send((topic, frame)).await;
+        let _ = self.tx.send((Target::Topic(topic), frame)).await;
+    }
+
+    /// Queues a frame for every socket on this node, in order with the
+    /// publishes queued before it.
+    pub async fn broadcast(&self, frame: Frame) {
+        let _ = self.tx.send((Target::Everyone, frame)).await;
     }
 }

@@ -27,6 +27,14 @@ pub fn error(code: &str, message: &str) -> Frame {
     Frame::from(value.to_string())
 }
 
+/// After this node lost its cluster subscription for a while: events
+/// published on other nodes meanwhile did not reach this node's sockets, and
+/// a client should refetch what it shows. Clients that do not know the type
+/// ignore it.
+pub fn resync() -> Frame {
+    Frame::from_static(b"{\"type\":\"resync\",\"reason\":\"cluster_rejoin\"}")
+}
+
 pub fn lagged(missed: u64) -> Frame {
     Frame::from(format!("{{\"type\":\"lagged\",\"missed\":{missed}}}"))
 }

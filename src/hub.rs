@@ -99,6 +99,20 @@ impl Hub {
         delivery
     }
 
+    /// Queues `frame` for every socket on this node (a notice for all).
+    pub fn deliver_all(&self, frame: &Frame) -> Delivery {
+        let mut delivery = Delivery::default();
+        for members in self.topics.iter() {
+            delivery.recipients += members.len();
+            for outbox in members.values() {
+                if outbox.push(frame.clone(), self.queue_capacity) {
+                    delivery.dropped += 1;
+                }
+            }
+        }
+        delivery
+    }
+
     pub fn counts(&self) -> HubCounts {
         HubCounts {
             active_topics: self.topics.len(),

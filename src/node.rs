@@ -234,8 +234,7 @@ impl Node {
         };
         let (registered_topics, topic_list, active_topic_list) = if request.topic_lists {
             let list = self.registry.list().await;
-            let mut active = self.hub.active_topics();
-            active.sort();
+            let active = self.hub.active_topics();
             (list.len(), Some(page(list)), Some(page(active)))
         } else {
             (self.registry.count().await, None, None)
@@ -304,6 +303,7 @@ impl Node {
                 envelopes_dropped: load(&c.envelopes_dropped),
                 publish_retries: load(&c.publish_retries),
                 task_panics: load(&c.task_panics),
+                resyncs: load(&c.resyncs),
                 outbox: cluster.outbox_len() as u64,
                 registry_pending: self.registry.pending() as u64,
             }

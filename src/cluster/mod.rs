@@ -86,6 +86,9 @@ pub struct ClusterCounters {
     pub publish_retries: AtomicU64,
     /// Cluster tasks that panicked and were restarted.
     pub task_panics: AtomicU64,
+    /// `resync` notices sent to every socket after a (re)join that followed
+    /// a time without subscription.
+    pub resyncs: AtomicU64,
 }
 
 /// One of the cluster's long-lived tasks, as `restarting` starts it.

@@ -33,6 +33,12 @@ impl Cluster {
                     let first = self.counters.joins.fetch_add(1, Ordering::Relaxed) == 0;
                     let verb = if first { "joined" } else { "rejoined" };
                     tracing::info!(channel = %self.broker.channel(), attempts, "{verb} the cluster");
+                    // Sockets that were here while the node was not
+                    // subscribed may have missed other nodes' events.
+                    if !first || attempts > 1 {
+                        self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                        self.dispatcher.broadcast(crate::frames::resync()).await;
+                    }
                     self.set_last_error(None);
                     attempts = 0;
                     backoff = BACKOFF_START;
@@ -86,6 +92,9 @@ impl Cluster {
         let restarted = server.as_ref().is_some_and(|known| *known != id);
         *server = Some(id);
         self.health.set_connected(true);
+        if let Err(error) = self.registry.refresh_status_topic().await {
+            tracing::debug!(%error, "could not register the status topic yet; the heartbeat retries");
+        }
         match self.registry.write_back(&self.broker, restarted).await {
             Ok(0) => {}
             Ok(written) => tracing::info!(

@@ -30,6 +30,7 @@ pub struct ClusterSnapshot {
     pub envelopes_dropped: u64,
     pub publish_retries: u64,
     pub task_panics: u64,
+    pub resyncs: u64,
     pub outbox: u64,
     pub registry_pending: u64,
 }
@@ -163,6 +164,7 @@ impl Metrics {
                 ("skywave_envelopes_dropped_total", "envelopes never published (outbox full, or older than the replay window)", c.envelopes_dropped),
                 ("skywave_redis_publish_retries_total", "publish attempts that failed and were retried in order", c.publish_retries),
                 ("skywave_cluster_task_panics_total", "cluster tasks (subscriber, publisher, heartbeat) that panicked and were restarted", c.task_panics),
+                ("skywave_resync_notices_total", "times every socket was told to resync after the node was out of the cluster", c.resyncs),
             ] {
                 counter(&mut out, name, help, value);
             }

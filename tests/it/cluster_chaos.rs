@@ -12,6 +12,20 @@ async fn cluster_node(redis: &RedisServer) -> TestNode {
     TestNode::start(&format!("redis_url: \"{}\"\ntopic_ttl: 1h", redis.url())).await
 }
 
+/// Every frame until a quiet half second: the push sequence numbers, and
+/// how many `resync` notices came with them.
+async fn drain(socket: &mut crate::support::Ws) -> (Vec<u64>, usize) {
+    let (mut seqs, mut resyncs) = (Vec::new(), 0);
+    while let Some(frame) = socket.recv_json(Duration::from_millis(500)).await {
+        match frame["type"].as_str() {
+            Some("push") => seqs.push(frame["payload"]["seq"].as_u64().unwrap()),
+            Some("resync") => resyncs += 1,
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    (seqs, resyncs)
+}
+
 async fn wait_cluster(node: &TestNode, nodes: i64) {
     node.wait_status(Duration::from_secs(10), "joins the cluster", |s| {
         s["mode"] == "cluster" && s["cluster_nodes"] == nodes
@@ -98,6 +112,11 @@ async fn node_started_without_redis_joins_when_it_appears() {
     assert_eq!(stored.as_deref(), Some(r#"{"require_token":true}"#));
     let ttl: i64 = conn.ttl("wavelog:topic:early").await.unwrap();
     assert!((3500..=3600).contains(&ttl), "remaining TTL kept: {ttl}");
+    // The socket was here while the node was not subscribed: it is told so.
+    assert_eq!(
+        socket.recv_json(Duration::from_secs(5)).await,
+        Some(json!({"type": "resync", "reason": "cluster_rejoin"}))
+    );
     assert_eq!(node.publish("early", &json!("joined")).await, 200);
     socket
         .expect_push(&json!("joined"), "still delivered after joining")
@@ -139,17 +158,18 @@ async fn redis_crash_under_publish_load_loses_nothing_local_and_recovers() {
         sent += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Local delivery never stopped: every publish reached A's socket, in order.
-    for seq in 0..sent {
-        on_a.expect_push(&json!({"seq": seq}), "node A's own socket")
-            .await;
-    }
+    // Local delivery never stopped: every publish reached A's socket, in
+    // order; the rejoin added one resync notice (A's subscription was lost).
+    let (local, local_resyncs) = drain(&mut on_a).await;
+    assert_eq!(local, (0..sent).collect::<Vec<_>>(), "node A's own socket");
+    assert_eq!(local_resyncs, 1, "one resync notice on A after its rejoin");
     // Remote delivery resumed: B got the publishes before the crash and the
     // ones after it rejoined; the gap is reported.
-    let mut remote = Vec::new();
-    while let Some(frame) = on_b.recv_json(Duration::from_millis(500)).await {
-        remote.push(frame["payload"]["seq"].as_u64().unwrap());
-    }
+    let (remote, remote_resyncs) = drain(&mut on_b).await;
+    assert_eq!(
+        remote_resyncs, 1,
+        "B's socket is told it may have missed events"
+    );
     let last = *remote.last().expect("node B received publishes");
     assert_eq!(
         last,

@@ -160,6 +160,10 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
     let mut redis = RedisServer::start();
     let a = node(&redis, "").await;
     wait_cluster(&a, 1).await;
+    assert!(
+        exists(&redis, "worker.status").await,
+        "the status topic is in Redis as soon as the node is in the cluster"
+    );
     let mut admin = redis.client().await;
 
     // 1. Registered through A, then unregistered by another node (here the
