@@ -121,9 +121,22 @@ impl Broker {
         }
     }
 
-    pub async fn topic_get(&self, topic: &str) -> Result<Option<TopicMeta>, BrokerError> {
+    /// A topic's meta and time left (`None`: it does not expire).
+    pub async fn topic_get(
+        &self,
+        topic: &str,
+    ) -> Result<Option<(TopicMeta, Option<Duration>)>, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.topic_get(topic).await,
+        }
+    }
+
+    /// Every registered topic with its meta and time left.
+    pub async fn topic_entries(
+        &self,
+    ) -> Result<Vec<(String, TopicMeta, Option<Duration>)>, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.topic_entries().await,
         }
     }
 

@@ -118,11 +118,59 @@ impl RedisBroker {
             .unwrap_or_default())
     }
 
-    pub async fn topic_get(&self, topic: &str) -> Result<Option<TopicMeta>, BrokerError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key(topic));
-        let value: Option<Vec<u8>> = self.link.query(&cmd).await?;
-        Ok(value.map(|raw| decode_meta(&raw)))
+    /// A topic's meta and time left (`None` = no expiry), in one round trip.
+    pub async fn topic_get(
+        &self,
+        topic: &str,
+    ) -> Result<Option<(TopicMeta, Option<Duration>)>, BrokerError> {
+        let key = self.key(topic);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let (value, pttl): (Option<Vec<u8>>, i64) = self.link.query_pipeline(&pipe).await?;
+        Ok(value.map(|raw| (decode_meta(&raw), remaining(pttl))))
+    }
+
+    /// Every registered topic with its meta and time left: one `SCAN` page,
+    /// then one pipeline of `GET`/`PTTL` for its keys, page after page.
+    pub async fn topic_entries(
+        &self,
+    ) -> Result<Vec<(String, TopicMeta, Option<Duration>)>, BrokerError> {
+        let pattern = format!("{}*", escape_glob(&self.topic_prefix));
+        let mut cursor: u64 = 0;
+        let mut entries = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let (next, keys): (u64, Vec<String>) = self.link.query(&cmd).await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+                }
+                let values: Vec<redis::Value> = self.link.query_pipeline(&pipe).await?;
+                for (key, pair) in keys.iter().zip(values.chunks(2)) {
+                    let (Some(topic), [value, pttl]) = (key.strip_prefix(&self.topic_prefix), pair)
+                    else {
+                        continue;
+                    };
+                    let Ok(Some(raw)) = redis::from_redis_value_ref::<Option<Vec<u8>>>(value)
+                    else {
+                        continue; // expired between SCAN and GET
+                    };
+                    let pttl = redis::from_redis_value_ref::<i64>(pttl).unwrap_or(-1);
+                    entries.push((topic.to_string(), decode_meta(&raw), remaining(pttl)));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(entries)
     }
 
     pub async fn topic_set(
@@ -244,6 +292,11 @@ impl RedisSubscription {
             Err(_) => Err(BrokerError::Timeout(self.timeout)),
         }
     }
+}
+
+/// `PTTL`'s answer as time left: `None` for a key without expiry.
+fn remaining(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
 }
 
 /// `EX` takes whole seconds: round up, so a key never expires early.

@@ -10,6 +10,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, Mode};
 use crate::roster::{evaluate, HEARTBEAT};
 
+/// How often the full copy of the cluster's registry is refreshed (lookups
+/// refresh single topics in between).
+const COPY_EVERY: Duration = Duration::from_secs(30);
+
 impl Cluster {
     pub(super) async fn heartbeat_loop(self: Arc<Self>, shutdown: CancellationToken) {
         // The status topic must outlive short TTLs too.
@@ -19,6 +23,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_presence = tokio::time::Instant::now();
+        let mut last_copy = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -46,6 +51,19 @@ impl Cluster {
                 // The count metrics report (status calls count on demand).
                 let _ = self.registry.count().await;
             }
+            if last_copy.elapsed() >= COPY_EVERY {
+                last_copy = tokio::time::Instant::now();
+                self.refresh_seen().await;
+            }
+        }
+    }
+
+    /// Refreshes the copy of the cluster's registry that answers while
+    /// Redis is away.
+    pub(super) async fn refresh_seen(&self) {
+        match self.registry.refresh_seen(&self.broker).await {
+            Ok(topics) => tracing::debug!(topics, "copied the cluster's registry"),
+            Err(error) => tracing::debug!(%error, "could not copy the cluster's registry"),
         }
     }
 

@@ -107,6 +107,7 @@ impl Cluster {
             }
         }
         self.write_presence().await;
+        self.refresh_seen().await;
         Ok(subscription)
     }
 

@@ -85,6 +85,11 @@ impl MemoryRegistry {
             .collect()
     }
 
+    /// Keeps only the topics `keep` says yes to.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.topics.retain(|topic, _| keep(topic));
+    }
+
     /// Frees expired entries; returns how many were removed.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();

@@ -3,8 +3,11 @@
 //!
 //! Single-instance mode uses only the [`MemoryRegistry`]. In cluster mode the
 //! broker's shared registry is the source of truth while the subscription is
-//! healthy, and the memory registry mirrors what was registered through this
-//! node: it answers while the broker is away (`degraded`). Changes the broker
+//! healthy; two memory registries answer while it is away (`degraded`): what
+//! was registered through this node (`local`), and what this node saw of
+//! the whole cluster (`seen`: every lookup's answer, and a full copy taken
+//! at each join and every 30 s), so a browser landing on this node during an
+//! outage is not refused for a topic registered elsewhere. Changes the broker
 //! did not take (it was away, timed out, or refused them) are kept as
 //! *pending* and written back in order when it answers again; changes it did
 //! take are never rewritten, so a topic another node unregistered meanwhile
@@ -35,6 +38,8 @@ const STATUS_META: TopicMeta = TopicMeta {
 
 pub struct Registry {
     local: MemoryRegistry,
+    /// The cluster's registry as this node last saw it (expiries included).
+    seen: MemoryRegistry,
     shared: Option<Shared>,
     pending: Pending,
     count: count::CountCache,
@@ -60,6 +65,7 @@ impl Registry {
         local.register(STATUS_TOPIC, STATUS_META, None);
         Arc::new(Registry {
             local,
+            seen: MemoryRegistry::new(),
             shared: shared.map(|(broker, health)| Shared { broker, health }),
             pending: Pending::default(),
             count: count::CountCache::default(),
@@ -105,6 +111,7 @@ impl Registry {
             return Ok(());
         }
         self.local.unregister(topic);
+        self.seen.unregister(topic);
         let change = TopicChange::Unregister {
             topic: topic.to_string(),
         };
@@ -148,12 +155,17 @@ impl Registry {
         }
         if let Some(broker) = self.connected() {
             match broker.topic_get(topic).await {
-                Ok(Some(meta)) => return Some(meta),
+                Ok(Some((meta, remaining))) => {
+                    self.seen
+                        .register(topic, meta, Some(remaining.unwrap_or(self.ttl)));
+                    return Some(meta);
+                }
                 Ok(None) if self.pending.is_register(topic) => {}
                 Ok(None) => {
                     // The cluster is authoritative: unregistered or expired
                     // elsewhere means gone here too.
                     self.local.unregister(topic);
+                    self.seen.unregister(topic);
                     return None;
                 }
                 Err(error) => {
@@ -161,7 +173,20 @@ impl Registry {
                 }
             }
         }
-        self.local.lookup(topic)
+        self.local.lookup(topic).or_else(|| self.seen.lookup(topic))
+    }
+
+    /// Replaces the copy of the cluster's registry with a fresh one.
+    pub async fn refresh_seen(&self, broker: &Broker) -> Result<usize, BrokerError> {
+        let entries = broker.topic_entries().await?;
+        let fresh: std::collections::HashSet<&str> =
+            entries.iter().map(|(topic, _, _)| topic.as_str()).collect();
+        self.seen.retain(|topic| fresh.contains(topic));
+        for (topic, meta, remaining) in &entries {
+            self.seen
+                .register(topic, *meta, Some(remaining.unwrap_or(self.ttl)));
+        }
+        Ok(entries.len())
     }
 
     /// Live registered topics: cluster-wide while connected (one `SCAN`
@@ -172,7 +197,7 @@ impl Registry {
                 return count;
             }
         }
-        self.local.count()
+        self.offline_list().len()
     }
 
     /// The last count the heartbeat or a status call saw (for metrics,
@@ -180,8 +205,20 @@ impl Registry {
     pub fn last_count(&self) -> usize {
         match self.connected() {
             Some(_) => self.count.last().unwrap_or_else(|| self.local.count()),
-            None => self.local.count(),
+            None => self.offline_list().len(),
         }
+    }
+
+    /// While the broker is away: this node's registrations and the ones it
+    /// saw, sorted, without duplicates.
+    fn offline_list(&self) -> Vec<String> {
+        let mut topics = self.local.list();
+        if self.shared.is_some() {
+            topics.extend(self.seen.list());
+        }
+        topics.sort();
+        topics.dedup();
+        topics
     }
 
     /// Registered topics, sorted (cluster-wide while connected).
@@ -191,14 +228,12 @@ impl Registry {
                 return topics;
             }
         }
-        let mut topics = self.local.list();
-        topics.sort();
-        topics
+        self.offline_list()
     }
 
-    /// Frees expired local entries.
+    /// Frees expired entries.
     pub fn sweep(&self) -> usize {
-        self.local.sweep()
+        self.local.sweep() + self.seen.sweep()
     }
 
     /// Changes the broker has not taken yet.
@@ -246,6 +281,6 @@ impl Registry {
 
     /// Memory entries held, for the leak checks of the tests and metrics.
     pub fn local_entries(&self) -> usize {
-        self.local.len_including_expired()
+        self.local.len_including_expired() + self.seen.len_including_expired()
     }
 }

@@ -184,3 +184,63 @@ async fn topic_lists_are_paged_not_unbounded() {
     assert_eq!(rest.len(), 501, "{:?}", rest.last());
     assert!(second.get("topic_list_truncated").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_a_node_still_knows_the_topics_registered_elsewhere() {
+    let mut redis = RedisServer::start();
+    let url = format!("redis_url: \"{}\"\ntopic_ttl: 1h", redis.url());
+    let a = crate::support::TestNode::start(&url).await;
+    let b = crate::support::TestNode::start(&url).await;
+    for node in [&a, &b] {
+        node.wait_status(Duration::from_secs(10), "cluster", |s| {
+            s["cluster_nodes"] == 2
+        })
+        .await;
+    }
+    a.register("copied-at-join", true).await;
+    // A blip makes both rejoin; a join copies the cluster's registry.
+    let mut admin = redis.client().await;
+    let () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    drop(admin);
+    b.wait_status(Duration::from_secs(10), "B rejoined", |s| {
+        s["mode"] == "cluster"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = b.get("/metrics", None).await;
+        if metrics.contains("skywave_redis_joins_total 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B rejoins: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Registered after the copy, but looked up by B (a browser connects).
+    a.register("looked-up", true).await;
+    drop(b.socket("looked-up", 3).await);
+
+    redis.kill9();
+    b.wait_status(Duration::from_secs(10), "B degraded", |s| {
+        s["mode"] == "degraded"
+    })
+    .await;
+    for topic in ["copied-at-join", "looked-up"] {
+        assert_eq!(
+            b.publish(topic, &json!("outage")).await,
+            200,
+            "{topic} on B"
+        );
+        let mut socket = b.socket(topic, 4).await;
+        assert_eq!(b.publish(topic, &json!("still")).await, 200);
+        socket
+            .expect_push(&json!("still"), "served through the outage")
+            .await;
+    }
+    assert_eq!(b.publish("never-registered", &json!(0)).await, 404);
+}
