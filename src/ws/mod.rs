@@ -1,9 +1,11 @@
 //! The public listener: `GET /ws?topic=T` (checked before the upgrade: 400
 //! without a topic, 404 for an unknown one) and `GET /healthz`.
-//! `session.rs` runs each upgraded socket; `auth.rs` checks its first frame;
+//! `session.rs` runs each upgraded socket over `conn.rs` (socket I/O) and
+//! `codec/` (the RFC 6455 framing, pure); `auth.rs` checks its first frame;
 //! `frames.rs` encodes what the server sends.
 
 mod auth;
+mod codec;
 mod conn;
 mod frames;
 mod handshake;
@@ -25,6 +27,8 @@ use tokio::net::TcpStream;
 use self::conn::Connection;
 
 pub use self::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
+/// The inbound WebSocket decoder, public for the fuzz target.
+pub use self::codec::{DecodeError, Decoded, Decoder, Inbound};
 pub use self::frames::push_frame;
 use crate::cluster::Mode;
 use crate::metrics::Refusal;

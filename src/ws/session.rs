@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
-use super::conn::{Connection, Inbound, ReadError};
+use super::codec::{DecodeError, Inbound};
+use super::conn::{Connection, ReadError};
 use super::frames;
 use crate::hub::{Frame, Outgoing};
 use crate::metrics::Refusal;
@@ -246,17 +247,19 @@ async fn close_with(conn: &mut Connection, code: u16, reason: &'static str) {
 async fn fail(conn: &mut Connection, node: &Node, error: ReadError) {
     match error {
         ReadError::Gone => {}
-        ReadError::TooBig => {
+        ReadError::Invalid(DecodeError::TooBig) => {
             node.metrics
                 .oversize_messages
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("inbound message over 4 KiB");
             close_with(conn, close::TOO_BIG, "message too big").await;
         }
-        ReadError::Protocol(problem) => {
+        ReadError::Invalid(DecodeError::Protocol(problem)) => {
             tracing::debug!(problem, "websocket protocol error");
             close_with(conn, close::PROTOCOL_ERROR, "protocol error").await;
         }
-        ReadError::InvalidUtf8 => close_with(conn, close::INVALID_DATA, "invalid utf-8").await,
+        ReadError::Invalid(DecodeError::InvalidUtf8) => {
+            close_with(conn, close::INVALID_DATA, "invalid utf-8").await;
+        }
     }
 }
