@@ -1,5 +1,7 @@
 //! The socket side of a server WebSocket connection, written for many idle
-//! sockets and fast fan-out; the protocol itself is `codec/`.
+//! sockets and fast fan-out; the protocol itself is `codec/`. In production
+//! the stream is hyper's upgraded connection ([`Upgrade`]), whose type is
+//! known at compile time; tests may use any `AsyncRead + AsyncWrite`.
 //!
 //! - an idle socket holds no buffer at all: a read goes into a chunk on the
 //!   stack for the length of one poll and straight into the decoder, which
@@ -14,8 +16,9 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::codec::{self, DecodeError, Decoder, Inbound, Opcode};
 
@@ -31,18 +34,22 @@ pub enum ReadError {
 /// The most read from the socket per read call.
 const READ_CHUNK: usize = 1024;
 
-pub struct Connection {
-    stream: TcpStream,
+/// What the public listener's upgrade hands over: the TCP stream hyper
+/// served, replaying first the bytes it read past the upgrade request.
+/// Vectored writes go through to the stream's `writev`.
+pub type Upgrade = TokioIo<Upgraded>;
+
+pub struct Connection<S = Upgrade> {
+    stream: S,
     decoder: Decoder,
 }
 
-impl Connection {
-    /// `leftover`: bytes the HTTP layer read past the upgrade request.
-    pub fn new(stream: TcpStream, leftover: Bytes, max_message: usize) -> Self {
-        let mut decoder = Decoder::new(max_message);
-        // Queued, decoded on the first `recv`.
-        let _ = decoder.feed(&leftover);
-        Connection { stream, decoder }
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S, max_message: usize) -> Self {
+        Connection {
+            stream,
+            decoder: Decoder::new(max_message),
+        }
     }
 
     /// The next message or control frame. Cancel-safe: bytes are read and

@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use self::conn::Connection;
 
@@ -138,12 +137,7 @@ async fn upgrade(
                 return;
             }
         };
-        // The public listener serves plain TCP streams, so this holds.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
-        };
-        let conn = Connection::new(parts.io.into_inner(), parts.read_buf, MAX_INBOUND_MESSAGE);
+        let conn = Connection::new(TokioIo::new(upgraded), MAX_INBOUND_MESSAGE);
         session::run(conn, session_node, topic, meta).await;
         drop(admission);
     });

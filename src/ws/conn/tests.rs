@@ -1,6 +1,8 @@
 //! The socket side only: reads in any split, buffers freed, frames written.
 //! The protocol rules are tested beside the codec.
 
+use std::convert::Infallible;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -13,13 +15,62 @@ const CONTINUATION: u8 = 0x0;
 const PING: u8 = 0x9;
 const CLOSE: u8 = 0x8;
 
-/// A connected pair: the server side as a `Connection`, the client as a raw socket.
-async fn pair() -> (Connection, TcpStream) {
+/// A connected pair: the server side as the `Connection` the public
+/// listener builds (hyper's upgraded stream), the client as a raw socket.
+/// `early` goes out with the upgrade request, as a client may send it.
+async fn upgraded(early: &[u8]) -> (Connection, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let client = TcpStream::connect(addr).await.expect("connect");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let mut request =
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec();
+    request.extend_from_slice(early);
+    client.write_all(&request).await.expect("request");
     let (server, _) = listener.accept().await.expect("accept");
-    (Connection::new(server, Bytes::new(), MAX), client)
+    let (upgrade_tx, upgrade_rx) = tokio::sync::oneshot::channel();
+    let upgrade_tx = std::sync::Mutex::new(Some(upgrade_tx));
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            if let Some(tx) = upgrade_tx.lock().expect("lock").take() {
+                let _ = tx.send(hyper::upgrade::on(&mut request));
+            }
+            let response = hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(http_body_util::Empty::<Bytes>::new());
+            async move { Ok::<_, Infallible>(response.expect("response")) }
+        });
+    tokio::spawn(
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), service)
+            .with_upgrades(),
+    );
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(client.read_u8().await.expect("101 head"));
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let upgraded = upgrade_rx.await.expect("request").await.expect("upgrade");
+    (Connection::new(TokioIo::new(upgraded), MAX), client)
+}
+
+async fn pair() -> (Connection, TcpStream) {
+    upgraded(b"").await
+}
+
+#[tokio::test]
+async fn writes_stay_vectored_through_the_upgrade() {
+    let (conn, _client) = pair().await;
+    assert!(
+        conn.stream.is_write_vectored(),
+        "header and shared payload go out in one writev"
+    );
 }
 
 #[tokio::test]
@@ -78,9 +129,7 @@ async fn decode_errors_end_reading() {
 
 #[tokio::test]
 async fn bytes_read_past_the_upgrade_request_come_first() {
-    let (server, mut client) = pair().await;
-    let (stream, leftover) = (server.stream, Bytes::from(masked(true, TEXT, b"early")));
-    let mut conn = Connection::new(stream, leftover, MAX);
+    let (mut conn, mut client) = upgraded(&masked(true, TEXT, b"early")).await;
     client
         .write_all(&masked(true, TEXT, b"later"))
         .await
