@@ -3,11 +3,15 @@
 #   docker build --build-arg SKYWAVE_BUILD_COMMIT=$(git rev-parse --short=9 HEAD) -t skywave .
 #   docker run -e SKYWAVE_WORKER_SECRET=... -e SKYWAVE_INTERNAL_BIND=0.0.0.0 -p 9000:9000 skywave
 #
-# Configuration: SKYWAVE_* environment variables (no file needed), or a mounted
-# config file: -v ./config.yaml:/etc/skywave/config.yaml:ro and the command
-# "--config /etc/skywave/config.yaml". The internal API listens on 127.0.0.1
-# unless SKYWAVE_INTERNAL_BIND (or internal_bind) says otherwise; the image
-# sets no default for it, so a mounted config file is never overridden.
+# Configuration, as with the Go wavelog_worker image: a config file mounted at
+# /app/config.yaml is read with no flags (the working directory is /app and
+# skywave reads ./config.yaml, the Go -config default), e.g.
+#   -v ./worker/config.yaml:/app/config.yaml:ro
+# or SKYWAVE_* environment variables (no file needed), or --config FILE. The
+# internal API listens on 127.0.0.1 unless SKYWAVE_INTERNAL_BIND (or
+# internal_bind) says otherwise; the image sets no default for it, so a
+# mounted config file is never overridden. Without any secret the container
+# refuses to start and says which key and paths it looked at.
 
 ARG RUST_VERSION=1
 
@@ -56,6 +60,8 @@ LABEL org.opencontainers.image.title="skywave" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.revision="${SKYWAVE_BUILD_COMMIT}"
 COPY --from=builder /out/skywave /usr/local/bin/skywave
+# The Go image's layout: operators mount their file at /app/config.yaml.
+WORKDIR /app
 # 65532 = the image's "nonroot" user; numeric, so runAsNonRoot checks can verify it.
 USER 65532:65532
 # 9000: public WebSocket listener (put it behind the proxy).
@@ -64,8 +70,8 @@ EXPOSE 9000 9001
 # Every socket gets close code 1001 and the process exits within 10 s; give
 # the container at least that: docker stop --time 15 / stop_grace_period: 15s.
 STOPSIGNAL SIGTERM
-# No curl in the image: the binary checks its own /healthz (on SKYWAVE_WS_PORT,
-# default 9000; a config file's ws_port needs "--config FILE healthcheck").
+# No curl in the image: the binary checks its own /healthz, on the ws_port of
+# /app/config.yaml (or SKYWAVE_WS_PORT, default 9000).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/skywave", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/skywave"]

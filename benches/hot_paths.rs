@@ -44,7 +44,7 @@ fn frame_encode(c: &mut Criterion) {
             RawValue::from_string(format!("{{\"blob\":\"{}\"}}", "x".repeat(size))).expect("raw");
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &payload, |b, payload| {
-            b.iter(|| skywave::ws::push_frame(std::hint::black_box(payload)))
+            b.iter(|| skywave::frames::push(std::hint::black_box(payload)))
         });
     }
     group.finish();
@@ -59,7 +59,7 @@ fn fanout(c: &mut Criterion) {
             .collect();
         let payload =
             RawValue::from_string(format!("{{\"x\":\"{}\"}}", "y".repeat(80))).expect("raw");
-        let frame = skywave::ws::push_frame(&payload);
+        let frame = skywave::frames::push(&payload);
         group.throughput(Throughput::Elements(sockets as u64));
         group.bench_with_input(BenchmarkId::from_parameter(sockets), &frame, |b, frame| {
             b.iter(|| {

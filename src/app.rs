@@ -15,15 +15,16 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::cluster::Cluster;
 use crate::config::{redact_url, Config};
 use crate::node::Node;
-use crate::registry::{RedisRegistry, Registry};
 
 /// How long shutdown waits for sockets and tasks before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long the internal API's in-flight requests get at shutdown.
+const INTERNAL_GRACE: Duration = Duration::from_secs(2);
 const LISTEN_BACKLOG: i32 = 4096;
 
 pub struct App {
@@ -34,18 +35,14 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the node and binds both listeners; nothing is served yet.
+    /// Builds the node and binds both listeners; nothing is served or
+    /// spawned yet.
     pub async fn bind(config: Config) -> anyhow::Result<App> {
-        let node_id = hex::encode(rand::random::<[u8; 8]>());
-        let cluster = match &config.redis_url {
-            Some(url) => Some(
-                Cluster::new(&config, url, &node_id)
-                    .with_context(|| format!("redis_url {}", redact_url(url.expose())))?,
-            ),
-            None => None,
+        let node = match &config.redis_url {
+            Some(url) => Node::new(config.clone())
+                .with_context(|| format!("redis_url {}", redact_url(url.expose())))?,
+            None => Node::new(config.clone())?,
         };
-        let redis_registry = cluster.as_ref().map(|c| RedisRegistry::new(c.link()));
-        let registry = Registry::new(config.topic_ttl, redis_registry);
         let ws_listener = bind_listener(&config.ws_bind, config.ws_port)
             .and_then(TcpListener::from_std)
             .with_context(|| {
@@ -61,7 +58,6 @@ impl App {
                     config.internal_bind, config.internal_port
                 )
             })?;
-        let node = Node::new(config, registry, cluster, node_id);
         Ok(App {
             node,
             ws_listener,
@@ -81,50 +77,46 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// This process's node id (also the envelopes' `origin_id`).
+    pub fn node_id(&self) -> &str {
+        self.node.node_id()
+    }
+
     pub fn node(&self) -> Arc<Node> {
         Arc::clone(&self.node)
     }
 
-    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    /// Serves until `shutdown` resolves, then shuts down gracefully. Every
+    /// task of the node starts here, on its tracker.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let App {
             node,
             ws_listener,
             internal_listener,
         } = self;
-        if let Some(cluster) = &node.cluster {
-            cluster.spawn(&node);
-        }
-        node.tasks.spawn(sweep_registry(Arc::clone(&node)));
+        node.start();
+        node.tasks().spawn(sweep_registry(Arc::clone(&node)));
         let public = crate::ws::router(Arc::clone(&node));
-        node.tasks
+        node.tasks()
             .spawn(serve_http(ws_listener, public, Arc::clone(&node)));
         let internal = serve_internal(internal_listener, Arc::clone(&node))
             .context("cannot start the internal API thread")?;
 
         shutdown.await;
         tracing::info!("shutting down: closing every socket with 1001");
-        if let Some(cluster) = &node.cluster {
-            cluster.leave().await;
-        }
-        node.shutdown.cancel();
-        node.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, node.tasks.wait())
+        node.stop().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, node.tasks().wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = node.tasks.len(),
+                remaining = node.tasks().len(),
                 "shutdown grace period over; exiting with tasks still running"
             );
         }
-        // The internal thread finishes once its connections are done; a
-        // publisher holding a request open does not hold up the exit.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::task::spawn_blocking(move || internal.join()),
-        )
-        .await;
+        // The internal thread returns once its in-flight requests are
+        // answered (bounded by INTERNAL_GRACE); it is joined, not dropped.
+        let _ = tokio::task::spawn_blocking(move || internal.join()).await;
         Ok(())
     }
 }
@@ -151,16 +143,41 @@ fn serve_internal(
                     }
                 };
                 let router = crate::http::router(Arc::clone(&node));
-                serve_http(listener, router, node).await;
+                let connections = TaskTracker::new();
+                serve_connections(listener, router, &node, &connections).await;
+                // Requests in flight when shutdown began are answered before
+                // this runtime (and with it their tasks) goes away.
+                connections.close();
+                if tokio::time::timeout(INTERNAL_GRACE, connections.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        remaining = connections.len(),
+                        "internal API requests still running at exit"
+                    );
+                }
             });
         })
 }
 
-/// Accepts HTTP/1.1 connections for `router` (both listeners) with a
-/// deadline on the request head (slow-loris) and upgrades enabled; stops
-/// accepting at shutdown and lets open requests finish briefly.
+/// The public listener: connections (and upgraded sockets) on the node's
+/// tracker, which shutdown waits for.
 async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
-    let header_timeout = node.config.limits.handshake_timeout;
+    serve_connections(listener, router, &node, node.tasks()).await;
+}
+
+/// Accepts HTTP/1.1 connections for `router` (both listeners) with a
+/// deadline on the request head (slow-loris) and upgrades enabled, each on
+/// `tasks`; stops accepting at shutdown and lets open requests finish
+/// briefly.
+async fn serve_connections(
+    listener: TcpListener,
+    router: axum::Router,
+    node: &Node,
+    tasks: &TaskTracker,
+) {
+    let header_timeout = node.config().limits.handshake_timeout;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -172,12 +189,12 @@ async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>
                     continue;
                 }
             },
-            _ = node.shutdown.cancelled() => return,
+            _ = node.shutdown().cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let shutdown = node.shutdown.clone();
-        node.tasks.spawn(async move {
+        let shutdown = node.shutdown().clone();
+        tasks.spawn(async move {
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
@@ -205,8 +222,8 @@ async fn sweep_registry(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => { node.registry.sweep(); }
-            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => { node.registry().sweep(); }
+            _ = node.shutdown().cancelled() => return,
         }
     }
 }

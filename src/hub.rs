@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
-/// One encoded WebSocket text message (UTF-8 JSON), shared by every recipient.
-pub type Frame = bytes::Bytes;
+pub use crate::frames::Frame;
 
 pub struct Hub {
     topics: DashMap<Arc<str>, HashMap<u64, Arc<Outbox>>>,

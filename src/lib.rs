@@ -13,15 +13,19 @@
 
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
+pub mod frames;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod registry;
+pub mod roster;
 pub mod telemetry;
+pub mod topic;
 pub mod ws;
 
 pub use app::App;

@@ -1,22 +1,78 @@
 //! The `skywave` command: runs the worker, or one of the operator helpers
 //! (`check-config`, `token`, `gen-secret`, `healthcheck`).
 
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use skywave::config::{env_name, format_go_duration, parse_go_duration, Config, Loaded, Secret};
+use skywave::config::{
+    env_name, format_go_duration, parse_go_duration, redact_url, Config, ConfigError, Loaded,
+    Secret,
+};
 
 #[derive(Parser)]
 #[command(name = "skywave", version = skywave::version(), about = "WebSocket event fan-out worker (drop-in replacement for wavelog_worker)")]
 struct Cli {
     /// YAML config file (the Go worker's `-config PATH` works too). Without
-    /// one, skywave runs on built-in single-instance defaults.
-    #[arg(long, short = 'c', global = true)]
+    /// it, `./config.yaml` is read if it exists (as the Go worker does);
+    /// otherwise skywave runs on built-in single-instance defaults.
+    #[arg(long, short = 'c', global = true, env = "SKYWAVE_CONFIG")]
     config: Option<PathBuf>,
+    /// Without a configured worker_secret, generate one for this run and
+    /// print it (for trying things out; implied when run from a terminal).
+    #[arg(long, global = true)]
+    generate_secret: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The file name the Go worker's `-config` flag defaults to, in the working
+/// directory (its image runs in `/app`, so operators mount `/app/config.yaml`).
+const DEFAULT_CONFIG_FILE: &str = "config.yaml";
+
+/// Which config file applies, and where one was looked for.
+struct Discovery {
+    path: Option<PathBuf>,
+    looked_at: Vec<PathBuf>,
+}
+
+impl Discovery {
+    fn find(flag: Option<&Path>) -> Discovery {
+        if let Some(path) = flag {
+            return Discovery {
+                path: Some(path.to_path_buf()),
+                looked_at: vec![path.to_path_buf()],
+            };
+        }
+        let default = std::env::current_dir()
+            .map(|dir| dir.join(DEFAULT_CONFIG_FILE))
+            .unwrap_or_else(|_| PathBuf::from(DEFAULT_CONFIG_FILE));
+        Discovery {
+            path: default.is_file().then(|| default.clone()),
+            looked_at: vec![default],
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// For the start-up line: which file was read.
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(path) => path.display().to_string(),
+            None => "none (built-in defaults and SKYWAVE_* variables)".to_string(),
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`skywave check-config F | head`) ends the
+/// output quietly instead of panicking as `println!` would.
+fn print(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }
 
 #[derive(Subcommand)]
@@ -25,8 +81,11 @@ enum Command {
     Run,
     /// Validate a config file and print the effective settings.
     CheckConfig {
-        /// The file to check (defaults to --config).
+        /// The file to check (defaults to --config, then ./config.yaml).
         path: Option<PathBuf>,
+        /// Exit non-zero on any warning too (an unknown key, a log_level typo), for CI.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print a token for a topic, signed with the configured secret (for testing).
     Token {
@@ -66,26 +125,32 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(go_style_args(std::env::args()));
+    let flag = cli.config.as_deref();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(cli.config.as_deref()),
-        Command::CheckConfig { path } => check_config(path.as_deref().or(cli.config.as_deref())),
+        Command::Run => {
+            let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+            run(&Discovery::find(flag), cli.generate_secret || interactive)
+        }
+        Command::CheckConfig { path, strict } => {
+            check_config(&Discovery::find(path.as_deref().or(flag)), strict)
+        }
         Command::Token {
             topic,
             user,
             ttl,
             jwt,
-        } => token(cli.config.as_deref(), &topic, user, &ttl, jwt),
+        } => token(&Discovery::find(flag), &topic, user, &ttl, jwt),
         Command::GenSecret => {
-            println!("{}", Secret::generate().expose());
+            print(Secret::generate().expose());
             ExitCode::SUCCESS
         }
-        Command::Healthcheck { url } => healthcheck(cli.config.as_deref(), url),
+        Command::Healthcheck { url } => healthcheck(&Discovery::find(flag), url),
         Command::Listen {
             topic,
             url,
             token,
             user,
-        } => listen(cli.config.as_deref(), &topic, &url, token, user),
+        } => listen(&Discovery::find(flag), &topic, &url, token, user),
     }
 }
 
@@ -99,29 +164,42 @@ fn go_style_args(args: impl Iterator<Item = String>) -> Vec<String> {
     .collect()
 }
 
-fn load(path: Option<&Path>) -> Result<Loaded, ExitCode> {
-    Config::load(path, &|name| std::env::var(name).ok()).map_err(|error| {
+fn load(discovery: &Discovery, generate_secret: bool) -> Result<Loaded, ExitCode> {
+    Config::load(
+        discovery.path(),
+        &|name| std::env::var(name).ok(),
+        generate_secret,
+    )
+    .map_err(|error| {
         eprintln!("skywave: {error}");
+        if let ConfigError::Key { key, .. } = &error {
+            if key == "worker_secret" && discovery.path().is_none() {
+                let looked: Vec<String> = discovery
+                    .looked_at
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                eprintln!(
+                    "skywave: no config file found (looked for {}); mount one there, pass \
+                     --config FILE, or set {}. To try skywave out with a throw-away secret, run it \
+                     from a terminal or pass --generate-secret.",
+                    looked.join(", "),
+                    env_name("worker_secret")
+                );
+            }
+        }
         ExitCode::from(2)
     })
 }
 
-/// The secret from the config file or environment; a generated one is no
-/// use to the helpers that sign tokens, so it is refused with a hint.
-fn configured_secret(path: Option<&Path>, command: &str) -> Result<Secret, ExitCode> {
-    let loaded = load(path)?;
-    if loaded.generated_secret {
-        eprintln!(
-            "skywave {command}: no worker_secret configured (use --config or {})",
-            env_name("worker_secret")
-        );
-        return Err(ExitCode::from(2));
-    }
-    Ok(loaded.config.worker_secret)
+/// The secret from the config file or environment, for the helpers that
+/// sign tokens (a generated one would be of no use to them).
+fn configured_secret(discovery: &Discovery) -> Result<Secret, ExitCode> {
+    load(discovery, false).map(|loaded| loaded.config.worker_secret)
 }
 
-fn run(path: Option<&Path>) -> ExitCode {
-    let loaded = match load(path) {
+fn run(discovery: &Discovery, generate_secret: bool) -> ExitCode {
+    let loaded = match load(discovery, generate_secret) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -149,6 +227,11 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let redis = match &config.redis_url {
+        Some(url) => format!("{} (joining in the background)", redact_url(url.expose())),
+        None => "none (single-instance mode)".to_string(),
+    };
+    let config_file = discovery.describe();
     runtime.block_on(async move {
         let app = match skywave::App::bind(config).await {
             Ok(app) => app,
@@ -158,13 +241,13 @@ fn run(path: Option<&Path>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let node = app.node();
         tracing::info!(
             version = skywave::version(),
             ws = %app.ws_addr(),
             internal = %app.internal_addr(),
-            mode = node.mode().as_str(),
-            node_id = %node.node_id,
+            config = %config_file,
+            redis = %redis,
+            node_id = %app.node_id(),
             "skywave listening"
         );
         match app.run(shutdown_signal()).await {
@@ -195,31 +278,40 @@ async fn shutdown_signal() {
     }
 }
 
-fn check_config(path: Option<&Path>) -> ExitCode {
-    let Some(path) = path else {
-        eprintln!("skywave check-config: name a file (skywave check-config PATH)");
+fn check_config(discovery: &Discovery, strict: bool) -> ExitCode {
+    let Some(path) = discovery.path() else {
+        eprintln!(
+            "skywave check-config: no file to check (looked for {}); name one: skywave check-config PATH",
+            discovery.looked_at.first().map_or_else(String::new, |p| p.display().to_string())
+        );
         return ExitCode::from(2);
     };
-    let loaded = match load(Some(path)) {
+    let loaded = match load(discovery, false) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     for warning in &loaded.warnings {
-        println!("warning: {warning}");
+        print(&format!("warning: {warning}"));
     }
-    println!("{}: OK", path.display());
-    println!("{}", loaded.config.describe());
-    match loaded.config.redis_url {
-        Some(_) => {
-            println!("mode: cluster (falls back to running alone while Redis is unreachable)")
-        }
-        None => println!("mode: single-instance (no redis_url)"),
+    if strict && !loaded.warnings.is_empty() {
+        eprintln!(
+            "skywave check-config: {}: {} warning(s), failing because of --strict",
+            path.display(),
+            loaded.warnings.len()
+        );
+        return ExitCode::from(1);
     }
+    print(&format!("{}: OK", path.display()));
+    print(&loaded.config.describe());
+    print(match loaded.config.redis_url {
+        Some(_) => "mode: cluster (falls back to running alone while Redis is unreachable)",
+        None => "mode: single-instance (no redis_url)",
+    });
     ExitCode::SUCCESS
 }
 
-fn token(path: Option<&Path>, topic: &str, user: i64, ttl: &str, jwt: bool) -> ExitCode {
-    let secret = match configured_secret(path, "token") {
+fn token(discovery: &Discovery, topic: &str, user: i64, ttl: &str, jwt: bool) -> ExitCode {
+    let secret = match configured_secret(discovery) {
         Ok(secret) => secret,
         Err(code) => return code,
     };
@@ -251,15 +343,16 @@ fn token(path: Option<&Path>, topic: &str, user: i64, ttl: &str, jwt: bool) -> E
         "token for topic {topic:?}, user {user}, valid for {}",
         format_go_duration(ttl)
     );
-    println!("{token}");
+    print(&token);
     ExitCode::SUCCESS
 }
 
 /// A dependency-free HTTP/1.0 GET, so container images need no curl.
-fn healthcheck(path: Option<&Path>, url: Option<String>) -> ExitCode {
-    use std::io::{Read, Write};
+fn healthcheck(discovery: &Discovery, url: Option<String>) -> ExitCode {
+    use std::io::Read;
     let url = url.unwrap_or_else(|| {
-        let port = Config::load(path, &|name| std::env::var(name).ok())
+        // Only the port matters here: a secret is not needed to ask.
+        let port = Config::load(discovery.path(), &|name| std::env::var(name).ok(), true)
             .map(|l| l.config.ws_port)
             .unwrap_or(9000);
         format!("http://127.0.0.1:{port}/healthz")
@@ -288,7 +381,7 @@ fn healthcheck(path: Option<&Path>, url: Option<String>) -> ExitCode {
         Ok(response)
             if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") =>
         {
-            println!("healthy");
+            print("healthy");
             ExitCode::SUCCESS
         }
         Ok(response) => {
@@ -303,7 +396,7 @@ fn healthcheck(path: Option<&Path>, url: Option<String>) -> ExitCode {
 }
 
 fn listen(
-    path: Option<&Path>,
+    discovery: &Discovery,
     topic: &str,
     url: &str,
     token: Option<String>,
@@ -313,7 +406,7 @@ fn listen(
     use tokio_tungstenite::tungstenite::Message;
     let token = match token {
         Some(token) => token,
-        None => match configured_secret(path, "listen") {
+        None => match configured_secret(discovery) {
             Ok(secret) => skywave::auth::sign_hex_token(
                 secret.expose().as_bytes(),
                 user,
@@ -353,7 +446,7 @@ fn listen(
         eprintln!("listening on {target} (Ctrl-C to stop)");
         while let Some(message) = socket.next().await {
             match message {
-                Ok(Message::Text(text)) => println!("{text}"),
+                Ok(Message::Text(text)) => print(&text),
                 Ok(Message::Close(frame)) => {
                     eprintln!("closed: {frame:?}");
                     break;

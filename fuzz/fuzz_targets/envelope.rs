@@ -4,10 +4,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(envelope) = skywave::cluster::decode_envelope(data) {
+    if let Ok(envelope) = skywave::broker::decode_envelope(data) {
         assert!(!envelope.topic.is_empty());
-        let again = skywave::cluster::encode_envelope("0123456789abcdef", &envelope.topic, &envelope.payload);
-        let back = skywave::cluster::decode_envelope(again.as_bytes()).expect("re-encoded envelope decodes");
+        let again = skywave::broker::encode_envelope("0123456789abcdef", &envelope.topic, &envelope.payload);
+        let back = skywave::broker::decode_envelope(again.as_bytes()).expect("re-encoded envelope decodes");
         assert_eq!(back.topic, envelope.topic);
         assert_eq!(back.payload.get(), envelope.payload.get());
         let frame = skywave::ws::push_frame(&envelope.payload);

@@ -13,7 +13,7 @@ mod secret;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{format_go_duration, format_go_seconds, parse_go_duration, DurationError};
@@ -34,10 +34,14 @@ pub const KEYS: &[&str] = &[
     "topic_ttl",
     "log_level",
     "log_format",
+    "node_name",
     "redis.key_prefix",
     "redis.connect_timeout",
     "redis.command_timeout",
     "redis.pool_size",
+    "redis.tls_ca_file",
+    "redis.tls_cert_file",
+    "redis.tls_key_file",
     "limits.max_sockets",
     "limits.max_sockets_per_ip",
     "limits.connect_rate_per_ip",
@@ -65,8 +69,11 @@ pub struct Config {
     /// `None` = single-instance mode.
     pub redis_url: Option<Secret>,
     pub topic_ttl: Duration,
+    /// A tracing filter: a level (`info`) or directives (`info,skywave=debug`).
     pub log_level: String,
     pub log_format: LogFormat,
+    /// This node's `name` in the roster; the host name when not configured.
+    pub node_name: String,
     pub redis: RedisSettings,
     pub limits: Limits,
 }
@@ -86,6 +93,12 @@ pub struct RedisSettings {
     /// connection; a hung Redis never holds a request longer than this.
     pub command_timeout: Duration,
     pub pool_size: usize,
+    /// PEM file of the CA(s) that sign the `rediss://` server's certificate,
+    /// instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +129,9 @@ impl Default for RedisSettings {
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(1),
             pool_size: 16,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -167,10 +183,13 @@ fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Reads `path` (if any) and applies overrides from `env`.
+    /// Reads `path` (if any) and applies overrides from `env`. Without a
+    /// configured secret this fails naming the key, unless `generate_secret`
+    /// allows one for this run (a terminal, or an explicit flag).
     pub fn load(
         path: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
+        generate_secret: bool,
     ) -> Result<Loaded, ConfigError> {
         let mut values = match path {
             Some(path) => {
@@ -190,7 +209,7 @@ impl Config {
                 values.insert((*key).to_string(), serde_yaml::Value::String(value));
             }
         }
-        Self::from_values(values, path.is_none())
+        Self::from_values(values, generate_secret)
     }
 
     /// Parses YAML text directly (used by tests and the fuzzer).
@@ -226,12 +245,21 @@ impl Config {
                 return Err(key_error(
                     "worker_secret",
                     format!(
-                        "missing; it must be set to a shared secret of at least {MIN_SECRET_LEN} \
-                         characters (generate one with `skywave gen-secret`)"
+                        "missing; set it (or the environment variable {}) to the secret shared \
+                         with the PHP app, at least {MIN_SECRET_LEN} characters (generate one with \
+                         `skywave gen-secret`)",
+                        env_name("worker_secret")
                     ),
                 ))
             }
         };
+        if is_placeholder_secret(worker_secret.expose()) {
+            return Err(key_error(
+                "worker_secret",
+                "is the placeholder of config.example.yaml, not a secret; generate one with \
+                 `skywave gen-secret` and set the same value in the PHP app's worker settings",
+            ));
+        }
         let secret_len = worker_secret.expose().chars().count();
         if secret_len < MIN_SECRET_LEN {
             return Err(key_error(
@@ -259,9 +287,19 @@ impl Config {
 
         let topic_ttl =
             positive_duration(take("topic_ttl"), "topic_ttl", Duration::from_secs(86_400))?;
+        let mut warnings = Vec::new();
         let log_level = match take("log_level") {
-            Some(value) => string(value, "log_level")?,
+            Some(value) => {
+                let text = string(value, "log_level")?;
+                let (filter, warning) = log_filter(&text);
+                warnings.extend(warning);
+                filter
+            }
             None => "info".to_string(),
+        };
+        let node_name = match take("node_name") {
+            Some(value) => string(value, "node_name")?.trim().to_string(),
+            None => String::new(),
         };
         let log_format = match take("log_format") {
             Some(value) => match string(value, "log_format")?.as_str() {
@@ -299,7 +337,20 @@ impl Config {
                 defaults_redis.pool_size,
             )?
             .max(1),
+            tls_ca_file: file_path(take("redis.tls_ca_file"), "redis.tls_ca_file")?,
+            tls_cert_file: file_path(take("redis.tls_cert_file"), "redis.tls_cert_file")?,
+            tls_key_file: file_path(take("redis.tls_key_file"), "redis.tls_key_file")?,
         };
+        check_tls_files(&redis, redis_url.as_ref())?;
+        if ws_port == internal_port && ws_port != 0 && binds_overlap(&ws_bind, &internal_bind) {
+            return Err(key_error(
+                "internal_port",
+                format!(
+                    "{internal_port} is also ws_port: the public and the internal listener need \
+                     ports of their own (the Go defaults are 9000 and 9001)"
+                ),
+            ));
+        }
 
         let trusted_proxies = match take("limits.trusted_proxies") {
             Some(value) => ip_list(value, "limits.trusted_proxies")?,
@@ -352,15 +403,12 @@ impl Config {
             )?,
         };
 
-        let warnings = values
-            .keys()
-            .map(|key| {
-                let hint = suggestion(key)
-                    .map(|known| format!(" (did you mean `{known}`?)"))
-                    .unwrap_or_default();
-                format!("unknown config key `{key}` ignored{hint}")
-            })
-            .collect();
+        warnings.extend(values.keys().map(|key| {
+            let hint = suggestion(key)
+                .map(|known| format!(" (did you mean `{known}`?)"))
+                .unwrap_or_default();
+            format!("unknown config key `{key}` ignored{hint}")
+        }));
 
         Ok(Loaded {
             config: Config {
@@ -373,6 +421,7 @@ impl Config {
                 topic_ttl,
                 log_level,
                 log_format,
+                node_name,
                 redis,
                 limits,
             },
@@ -395,8 +444,10 @@ impl Config {
         format!(
             "ws_bind: {ws_bind}\nws_port: {}\ninternal_bind: {}\ninternal_port: {}\n\
              worker_secret: ({} characters)\nredis_url: {redis}\ntopic_ttl: {}\n\
-             log_level: {}\nlog_format: {:?}\nredis.key_prefix: {}\nredis.connect_timeout: {}\n\
-             redis.command_timeout: {}\nredis.pool_size: {}\nlimits.max_sockets: {}\n\
+             log_level: {}\nlog_format: {:?}\nnode_name: {}\nredis.key_prefix: {}\n\
+             redis.connect_timeout: {}\nredis.command_timeout: {}\nredis.pool_size: {}\n\
+             redis.tls_ca_file: {}\nredis.tls_cert_file: {}\nredis.tls_key_file: {}\n\
+             limits.max_sockets: {}\n\
              limits.max_sockets_per_ip: {}\nlimits.connect_rate_per_ip: {}\n\
              limits.trusted_proxies: {:?}\nlimits.handshake_timeout: {}\nlimits.auth_timeout: {}\n\
              limits.max_topic_length: {}\nlimits.socket_queue: {}\nlimits.request_timeout: {}",
@@ -407,10 +458,18 @@ impl Config {
             format_go_duration(self.topic_ttl),
             self.log_level,
             self.log_format,
+            if self.node_name.is_empty() {
+                "(the host name)"
+            } else {
+                &self.node_name
+            },
             self.redis.key_prefix,
             format_go_duration(self.redis.connect_timeout),
             format_go_duration(self.redis.command_timeout),
             self.redis.pool_size,
+            shown_path(&self.redis.tls_ca_file, "(system roots)"),
+            shown_path(&self.redis.tls_cert_file, "(none)"),
+            shown_path(&self.redis.tls_key_file, "(none)"),
             self.limits.max_sockets,
             self.limits.max_sockets_per_ip,
             self.limits.connect_rate_per_ip,
@@ -422,6 +481,11 @@ impl Config {
             format_go_duration(self.limits.request_timeout),
         )
     }
+}
+
+fn shown_path(path: &Option<PathBuf>, none: &str) -> String {
+    path.as_ref()
+        .map_or_else(|| none.to_string(), |p| p.display().to_string())
 }
 
 /// `redis://user:secret@host/0` -> `redis://user:***@host/0`.
@@ -442,23 +506,167 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The URL schemes `redis_url` takes: TCP, TLS, and unix sockets (the forms
+/// go-redis reads, so a Go config using any of them loads unchanged).
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "unix", "redis+unix"];
+
 fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-    if !matches!(scheme, Some("redis" | "rediss")) {
+    if !scheme.is_some_and(|scheme| REDIS_SCHEMES.contains(&scheme)) {
         return Err(key_error(
             "redis_url",
             format!(
-                "{:?} is not a redis:// or rediss:// URL (expected redis://[user:pass@]host:port/db)",
+                "{:?} is not a Redis URL (expected redis://[user:pass@]host:port/db, rediss://… \
+                 for TLS, or unix:///path/to/redis.sock?db=N)",
                 redact_url(url)
             ),
         ));
     }
-    redis::Client::open(url).map(|_| ()).map_err(|error| {
-        key_error(
-            "redis_url",
-            format!("{:?} is malformed: {error}", redact_url(url)),
-        )
-    })
+    redis::Client::open(normalize_redis_url(url).as_str())
+        .map(|_| ())
+        .map_err(|error| {
+            key_error(
+                "redis_url",
+                format!("{:?} is malformed: {error}", redact_url(url)),
+            )
+        })
+}
+
+/// The URL as the `redis` crate reads it. go-redis writes a unix socket's
+/// credentials as `unix://user:pass@/path`; the `redis` crate takes them as
+/// `?user=`/`?pass=` query parameters, so they are moved there.
+pub fn normalize_redis_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    if !matches!(scheme, "unix" | "redis+unix") {
+        return url.to_string();
+    }
+    let Some((userinfo, path)) = rest.split_once("@/") else {
+        return url.to_string();
+    };
+    let (user, pass) = match userinfo.split_once(':') {
+        Some((user, pass)) => (user, Some(pass)),
+        None => (userinfo, None),
+    };
+    let mut query = Vec::new();
+    if !user.is_empty() {
+        query.push(format!("user={user}"));
+    }
+    if let Some(pass) = pass {
+        query.push(format!("pass={pass}"));
+    }
+    let separator = if path.contains('?') { '&' } else { '?' };
+    if query.is_empty() {
+        format!("{scheme}:///{path}")
+    } else {
+        format!("{scheme}:///{path}{separator}{}", query.join("&"))
+    }
+}
+
+/// Secrets that only look like one: the placeholder of `config.example.yaml`
+/// and anything else that starts with "change-me".
+fn is_placeholder_secret(secret: &str) -> bool {
+    secret
+        .trim()
+        .get(..9)
+        .is_some_and(|start| start.eq_ignore_ascii_case("change-me"))
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `log_level` as a tracing filter. Common spellings of other loggers are
+/// mapped (`warning`, `verbose`, `fatal`); a value that is still not a level
+/// or `target=level` list would silence every log line, so it falls back to
+/// `info` with a warning that names the key.
+fn log_filter(text: &str) -> (String, Option<String>) {
+    let level = |word: &str| -> Option<&'static str> {
+        let word = word.trim().to_ascii_lowercase();
+        let mapped = match word.as_str() {
+            "warning" => "warn",
+            "verbose" => "debug",
+            "fatal" | "critical" | "panic" => "error",
+            "none" | "quiet" => "off",
+            other => other,
+        };
+        LOG_LEVELS.iter().find(|l| **l == mapped).copied()
+    };
+    let mut directives = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let directive = match part.rsplit_once('=') {
+            Some((target, value)) if !target.trim().is_empty() => {
+                level(value).map(|l| format!("{}={l}", target.trim()))
+            }
+            Some(_) => None,
+            None => level(part).map(str::to_string),
+        };
+        match directive {
+            Some(directive) => directives.push(directive),
+            None => {
+                return (
+                    "info".to_string(),
+                    Some(format!(
+                        "config key `log_level`: {text:?} is not a level ({}) or a filter such \
+                         as \"info,skywave=debug\"; logging at info",
+                        LOG_LEVELS.join(", ")
+                    )),
+                )
+            }
+        }
+    }
+    if directives.is_empty() {
+        return ("info".to_string(), None);
+    }
+    (directives.join(","), None)
+}
+
+fn file_path(value: Option<serde_yaml::Value>, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = string(value, key)?.trim().to_string();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(&text);
+    std::fs::metadata(&path)
+        .map_err(|error| key_error(key, format!("cannot read {text:?}: {error}")))?;
+    Ok(Some(path))
+}
+
+fn check_tls_files(redis: &RedisSettings, url: Option<&Secret>) -> Result<(), ConfigError> {
+    let tls_url = url.is_some_and(|url| url.expose().starts_with("rediss://"));
+    for (key, file) in [
+        ("redis.tls_ca_file", &redis.tls_ca_file),
+        ("redis.tls_cert_file", &redis.tls_cert_file),
+        ("redis.tls_key_file", &redis.tls_key_file),
+    ] {
+        if file.is_some() && !tls_url {
+            return Err(key_error(
+                key,
+                "is set, but redis_url is not a rediss:// (TLS) URL",
+            ));
+        }
+    }
+    match (&redis.tls_cert_file, &redis.tls_key_file) {
+        (Some(_), None) => Err(key_error(
+            "redis.tls_key_file",
+            "missing: redis.tls_cert_file needs its private key",
+        )),
+        (None, Some(_)) => Err(key_error(
+            "redis.tls_cert_file",
+            "missing: redis.tls_key_file needs its certificate",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether two listeners on the same port would collide: the same address,
+/// or one of them on every interface.
+fn binds_overlap(a: &str, b: &str) -> bool {
+    let any = |bind: &str| matches!(bind, "" | "0.0.0.0" | "::");
+    let loopback = |bind: &str| bind == "localhost" || bind == "127.0.0.1";
+    any(a) || any(b) || a == b || (loopback(a) && loopback(b))
 }
 
 fn flatten_yaml(text: &str) -> Result<BTreeMap<String, serde_yaml::Value>, String> {

@@ -123,7 +123,9 @@ fn env_overrides_every_key() {
         "SKYWAVE_LIMITS_SOCKET_QUEUE" => Some("7".to_string()),
         _ => None,
     };
-    let c = Config::load(Some(&path), &env).expect("loads").config;
+    let c = Config::load(Some(&path), &env, false)
+        .expect("loads")
+        .config;
     assert_eq!(c.ws_port, 9300);
     assert_eq!(c.worker_secret.expose(), "f".repeat(40));
     assert_eq!(c.redis.key_prefix, "x:");
@@ -139,15 +141,145 @@ fn env_overrides_every_key() {
 }
 
 #[test]
-fn no_file_generates_a_secret() {
-    let loaded = Config::load(None, &|_| None).expect("defaults");
+fn a_secret_is_generated_only_when_allowed() {
+    let loaded = Config::load(None, &|_| None, true).expect("defaults");
     assert!(loaded.generated_secret);
     assert_eq!(loaded.config.worker_secret.expose().len(), 64);
+    let refused = Config::load(None, &|_| None, false).expect_err("no secret, none generated");
+    let text = refused.to_string();
+    assert!(
+        text.contains("worker_secret") && text.contains("SKYWAVE_WORKER_SECRET"),
+        "{text}"
+    );
+    // A configured secret always wins over generating one.
+    let env = |name: &str| (name == "SKYWAVE_WORKER_SECRET").then(|| SECRET.to_string());
+    let loaded = Config::load(None, &env, true).expect("env secret");
+    assert!(!loaded.generated_secret);
+    assert_eq!(loaded.config.worker_secret.expose(), SECRET);
+}
+
+#[test]
+fn the_example_placeholder_is_not_a_secret() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"))
+            .expect("config.example.yaml");
+    assert_eq!(key_of(Config::from_yaml(&example)), "worker_secret");
+    assert_eq!(
+        key_of(load(
+            "worker_secret: \"CHANGE-ME-0123456789abcdef0123456789\"\n"
+        )),
+        "worker_secret"
+    );
+}
+
+#[test]
+fn listeners_on_one_port_are_refused() {
+    let same = format!("worker_secret: {SECRET}\nws_port: 9100\ninternal_port: 9100\n");
+    assert_eq!(key_of(load(&same)), "internal_port");
+    // Two different addresses may share a port number; port 0 is always free.
+    let split = format!(
+        "worker_secret: {SECRET}\nws_port: 9100\ninternal_port: 9100\n\
+         ws_bind: 10.1.2.3\ninternal_bind: 127.0.0.1\n"
+    );
+    assert!(load(&split).is_ok());
+    let zero = format!("worker_secret: {SECRET}\nws_port: 0\ninternal_port: 0\n");
+    assert!(load(&zero).is_ok());
+}
+
+#[test]
+fn log_level_typos_warn_and_keep_logging() {
+    for (given, filter) in [
+        ("warning", "warn"),
+        ("verbose", "debug"),
+        ("INFO", "info"),
+        ("info,skywave=debug", "info,skywave=debug"),
+        ("skywave=warning", "skywave=warn"),
+    ] {
+        let loaded = load(&format!(
+            "worker_secret: {SECRET}\nlog_level: \"{given}\"\n"
+        ))
+        .expect("loads");
+        assert_eq!(loaded.config.log_level, filter, "log_level {given}");
+        assert!(loaded.warnings.is_empty(), "{given}: {:?}", loaded.warnings);
+    }
+    for given in ["loud", "info,skywave=chatty", "=debug"] {
+        let loaded = load(&format!(
+            "worker_secret: {SECRET}\nlog_level: \"{given}\"\n"
+        ))
+        .expect("loads");
+        assert_eq!(loaded.config.log_level, "info", "log_level {given}");
+        assert!(
+            loaded.warnings.iter().any(|w| w.contains("`log_level`")),
+            "{given}: {:?}",
+            loaded.warnings
+        );
+    }
+}
+
+#[test]
+fn unix_socket_urls_as_go_redis_writes_them() {
+    for url in [
+        "unix:///run/redis.sock",
+        "unix:///run/redis.sock?db=3",
+        "redis+unix:///run/redis.sock?db=2",
+        "unix://user:pw@/run/redis.sock?db=1",
+    ] {
+        let text = format!("worker_secret: {SECRET}\nredis_url: \"{url}\"\n");
+        assert!(load(&text).is_ok(), "{url} loads");
+    }
+    assert_eq!(
+        normalize_redis_url("unix://user:pw@/run/redis.sock?db=1"),
+        "unix:///run/redis.sock?db=1&user=user&pass=pw"
+    );
+    assert_eq!(
+        normalize_redis_url("unix://:pw@/run/redis.sock"),
+        "unix:///run/redis.sock?pass=pw"
+    );
+    assert_eq!(
+        normalize_redis_url("redis://u:p@host:6379/0"),
+        "redis://u:p@host:6379/0"
+    );
+    let text = format!("worker_secret: {SECRET}\nredis_url: \"http://x\"\n");
+    assert_eq!(key_of(load(&text)), "redis_url");
+}
+
+#[test]
+fn tls_files_need_a_tls_url_and_each_other() {
+    let dir = std::env::temp_dir().join(format!("skywave-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let file = dir.join("ca.pem");
+    std::fs::write(&file, "not checked here").expect("write");
+    let file = file.display();
+    let plain = format!(
+        "worker_secret: {SECRET}\nredis_url: redis://h:6379/0\nredis:\n  tls_ca_file: {file}\n"
+    );
+    assert_eq!(key_of(load(&plain)), "redis.tls_ca_file");
+    let tls = format!(
+        "worker_secret: {SECRET}\nredis_url: rediss://h:6380/0\nredis:\n  tls_ca_file: {file}\n"
+    );
+    let c = load(&tls).expect("loads").config;
+    assert_eq!(
+        c.redis.tls_ca_file.as_deref(),
+        Some(dir.join("ca.pem").as_path())
+    );
+    let half = format!(
+        "worker_secret: {SECRET}\nredis_url: rediss://h:6380/0\nredis:\n  tls_cert_file: {file}\n"
+    );
+    assert_eq!(key_of(load(&half)), "redis.tls_key_file");
+    let missing = format!(
+        "worker_secret: {SECRET}\nredis_url: rediss://h:6380/0\nredis:\n  tls_ca_file: /nonexistent/ca.pem\n"
+    );
+    assert_eq!(key_of(load(&missing)), "redis.tls_ca_file");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let err = Config::load(Some(Path::new("/nonexistent/skywave.yaml")), &|_| None)
-        .expect_err("must fail");
+    let err = Config::load(
+        Some(Path::new("/nonexistent/skywave.yaml")),
+        &|_| None,
+        false,
+    )
+    .expect_err("must fail");
     assert!(err.to_string().contains("/nonexistent/skywave.yaml"));
 }

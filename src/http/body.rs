@@ -1,11 +1,17 @@
 //! Reading and validating internal API bodies: a JSON object of at most
 //! 1 MiB, read incrementally so an oversized body is refused, never buffered
-//! whole. The payload is kept as raw JSON text and forwarded unchanged.
+//! whole (a declared length over the cap is refused before reading), within
+//! a deadline (a body that trickles in gets 408). The payload is kept as raw
+//! JSON text and forwarded unchanged. Duplicate keys are refused: which of
+//! two `topic`s a publisher meant is not ours to guess.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::ApiError;
@@ -17,10 +23,12 @@ pub struct ApiRequest {
     fields: HashMap<String, Box<RawValue>>,
 }
 
-pub async fn read(body: Body) -> Result<ApiRequest, ApiError> {
-    let collected = Limited::new(body, MAX_BODY)
-        .collect()
+/// Reads the body within `deadline`.
+pub async fn read(body: Body, deadline: Duration) -> Result<ApiRequest, ApiError> {
+    let collect = Limited::new(body, MAX_BODY).collect();
+    let collected = tokio::time::timeout(deadline, collect)
         .await
+        .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|error| {
             if error.downcast_ref::<LengthLimitError>().is_some() {
                 ApiError::PayloadTooLarge
@@ -33,9 +41,43 @@ pub async fn read(body: Body) -> Result<ApiRequest, ApiError> {
 
 /// A map, not a struct: serde would accept a JSON array for a struct.
 pub fn parse(bytes: &[u8]) -> Result<ApiRequest, ApiError> {
-    let fields = serde_json::from_slice(bytes)
-        .map_err(|_| ApiError::BadRequest("bad request: body must be a JSON object"))?;
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(ApiError::BadRequest("bad request: body is not UTF-8"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let fields = deserializer
+        .deserialize_map(UniqueKeys)
+        .and_then(|fields| deserializer.end().map(|()| fields))
+        .map_err(|error| match error.to_string() {
+            text if text.starts_with(DUPLICATE) => {
+                ApiError::BadRequest("bad request: duplicate key in the JSON object")
+            }
+            _ => ApiError::BadRequest("bad request: body must be a JSON object"),
+        })?;
     Ok(ApiRequest { fields })
+}
+
+const DUPLICATE: &str = "duplicate key";
+
+/// A JSON object's fields, refusing a key given twice.
+struct UniqueKeys;
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = HashMap<String, Box<RawValue>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = HashMap::new();
+        while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+            if fields.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(fields)
+    }
 }
 
 impl ApiRequest {
@@ -112,6 +154,28 @@ mod tests {
             no_payload.take_payload(),
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_and_invalid_utf8_are_named() {
+        let message = |body: &[u8]| match parse(body) {
+            Err(ApiError::BadRequest(why)) => why,
+            _ => "accepted",
+        };
+        assert_eq!(
+            message(br#"{"topic":"a","topic":"b"}"#),
+            "bad request: duplicate key in the JSON object"
+        );
+        assert_eq!(
+            message(b"{\"topic\":\"\xff\"}"),
+            "bad request: body is not UTF-8"
+        );
+        assert_eq!(
+            message(br#"{"topic":"a"} trailing"#),
+            "bad request: body must be a JSON object"
+        );
+        // Nested duplicates are the payload's business, forwarded as they are.
+        assert!(parse(br#"{"topic":"a","payload":{"x":1,"x":2}}"#).is_ok());
     }
 
     #[test]

@@ -14,6 +14,12 @@ pub enum ApiError {
     PayloadTooLarge,
     TopicNotRegistered,
     Timeout,
+    /// `/readyz` while the node cannot serve, with the reason as the body.
+    NotReady(&'static str),
+    /// Redis is up but refused a registry change (kept and retried here).
+    RegistryRefused,
+    /// The body did not arrive in time (a client fault: 408, not 503).
+    BodyTimeout,
 }
 
 impl IntoResponse for ApiError {
@@ -29,6 +35,9 @@ impl IntoResponse for ApiError {
             ),
             ApiError::TopicNotRegistered => (StatusCode::NOT_FOUND, "topic not registered"),
             ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request timed out"),
+            ApiError::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, *why),
+            ApiError::RegistryRefused => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timeout"),
         };
         let mut response = (
             status,

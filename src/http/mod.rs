@@ -1,7 +1,9 @@
 //! The internal listener: the HTTP API the publisher (PHP) calls, plus
-//! `/metrics`. Every request passes one guard, in the Go worker's order:
-//! wrong method -> 405, missing or wrong secret -> 403; the handlers then
-//! read the body (1 MiB cap -> 413, bad JSON -> 400).
+//! `/readyz` and `/metrics`. Every request passes one guard, in the Go
+//! worker's order: wrong method -> 405, missing or wrong secret -> 403 (for
+//! everything under `/internal/`; the probes and the Prometheus scrape need
+//! none and show nothing secret); the handlers then read the body (1 MiB
+//! cap -> 413, bad JSON -> 400).
 
 mod body;
 mod error;
@@ -20,6 +22,7 @@ use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
 pub use self::error::ApiError;
+use crate::cluster::Mode;
 use crate::node::{Node, StatusRequest};
 
 pub const SECRET_HEADER: &str = "x-worker-secret";
@@ -31,38 +34,81 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/publish", post(publish))
         .route("/internal/push", post(publish))
         .route("/internal/status", get(status))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(Arc::clone(&node), guard))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A 503 from /readyz is an answer, not a failure of the server:
+        // failures are logged where they happen, the trace layer only at debug.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(node)
 }
 
-/// The method each path takes; unknown paths are 404 before anything else.
-fn allowed_method(path: &str) -> Option<Method> {
-    match path {
-        "/internal/register" | "/internal/unregister" | "/internal/publish" | "/internal/push" => {
-            Some(Method::POST)
-        }
-        "/internal/status" | "/metrics" => Some(Method::GET),
-        _ => None,
-    }
+/// The paths served, with the method each takes; unknown paths are 404
+/// before anything else.
+static ROUTES: [(&str, Method); 7] = [
+    ("/internal/register", Method::POST),
+    ("/internal/unregister", Method::POST),
+    ("/internal/publish", Method::POST),
+    ("/internal/push", Method::POST),
+    ("/internal/status", Method::GET),
+    ("/readyz", Method::GET),
+    ("/metrics", Method::GET),
+];
+
+fn route(path: &str) -> Option<&'static (&'static str, Method)> {
+    ROUTES.iter().find(|(known, _)| *known == path)
+}
+
+/// Paths that answer without the secret: a readiness probe and the
+/// Prometheus scrape, which carry aggregates only.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/readyz" | "/metrics")
 }
 
 async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    node.metrics.api_requests.fetch_add(1, Ordering::Relaxed);
-    let Some(allowed) = allowed_method(request.uri().path()) else {
+    node.metrics().api_requests.fetch_add(1, Ordering::Relaxed);
+    let Some((path, allowed)) = route(request.uri().path()) else {
         return ApiError::NotFound.into_response();
     };
     if request.method() != allowed {
-        return ApiError::MethodNotAllowed(allowed).into_response();
+        return ApiError::MethodNotAllowed(allowed.clone()).into_response();
     }
-    if !secret_matches(request.headers(), node.config.worker_secret.expose()) {
+    if !is_open(path) && !secret_matches(request.headers(), node.config().worker_secret.expose()) {
         return ApiError::Forbidden.into_response();
     }
-    match tokio::time::timeout(node.config.limits.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
+    if declared_too_large(request.headers()) {
+        return ApiError::PayloadTooLarge.into_response();
     }
+    match tokio::time::timeout(node.config().limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                path,
+                timeout = ?node.config().limits.request_timeout,
+                "internal API request timed out"
+            );
+            ApiError::Timeout.into_response()
+        }
+    }
+}
+
+/// A body must arrive within half the request's time, so that a trickling
+/// client gets its 408 well before the request deadline's 503.
+fn body_deadline(node: &Node) -> std::time::Duration {
+    node.config().limits.request_timeout / 2
+}
+
+/// A declared `Content-Length` over the cap is refused before reading.
+fn declared_too_large(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > body::MAX_BODY as u64)
 }
 
 /// Constant-time comparison; an empty or missing header never matches.
@@ -75,27 +121,33 @@ fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
 }
 
 async fn register(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
-    let request = body::read(body).await?;
-    let topic = request.topic(node.config.limits.max_topic_length)?;
+    let request = body::read(body, body_deadline(&node)).await?;
+    let topic = request.topic(node.config().limits.max_topic_length)?;
     let meta = request.meta()?;
-    node.registry.register(&topic, meta).await;
+    node.registry()
+        .register(&topic, meta)
+        .await
+        .map_err(|_| ApiError::RegistryRefused)?;
     Ok("ok\n")
 }
 
 async fn unregister(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
-    let request = body::read(body).await?;
-    let topic = request.topic(node.config.limits.max_topic_length)?;
-    node.registry.unregister(&topic).await;
+    let request = body::read(body, body_deadline(&node)).await?;
+    let topic = request.topic(node.config().limits.max_topic_length)?;
+    node.registry()
+        .unregister(&topic)
+        .await
+        .map_err(|_| ApiError::RegistryRefused)?;
     Ok("ok\n")
 }
 
 async fn publish(State(node): State<Arc<Node>>, body: Body) -> Result<&'static str, ApiError> {
     let started = Instant::now();
-    let mut request = body::read(body).await?;
-    let topic = request.topic(node.config.limits.max_topic_length)?;
+    let mut request = body::read(body, body_deadline(&node)).await?;
+    let topic = request.topic(node.config().limits.max_topic_length)?;
     let payload = request.take_payload()?;
     let result = node.publish(topic, payload).await;
-    node.metrics.observe_publish(started.elapsed());
+    node.metrics().observe_publish(started.elapsed());
     result
         .map(|()| "ok\n")
         .map_err(|_| ApiError::TopicNotRegistered)
@@ -107,16 +159,35 @@ async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Res
             form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == name && v != "0" && v != "false")
         })
     };
+    // `?nodes=1` (skywave before Go 0.3.0) is still accepted: the roster is
+    // in every answer now.
+    let after = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "after")
+            .map(|(_, v)| v.into_owned())
+    });
     let request = StatusRequest {
         topic_lists: flag("topics"),
-        nodes: flag("nodes"),
+        topics_after: after,
         uptime_seconds: false,
     };
     Json(node.status(request).await).into_response()
 }
 
+/// Go 0.3.0's readiness: 200 while the node can serve; 503 while a
+/// configured Redis is unreachable (degraded) and once shutdown has begun.
+async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
+    if node.shutdown().is_cancelled() {
+        return Err(ApiError::NotReady("shutting down"));
+    }
+    match node.mode() {
+        Mode::Degraded => Err(ApiError::NotReady("redis not connected")),
+        Mode::Single | Mode::Cluster => Ok("ok\n"),
+    }
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let text = node.metrics.render(&node).await;
+    let text = node.metrics().render(&node.snapshot());
     (
         [(
             header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::TopicMeta;
+use crate::topic::TopicMeta;
 
 pub struct MemoryRegistry {
     topics: DashMap<Arc<str>, Entry>,
@@ -27,15 +27,6 @@ impl Entry {
     fn live(&self, now: Instant) -> bool {
         self.expires_at.is_none_or(|at| now < at)
     }
-}
-
-/// A registration as it is written back to Redis after an outage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registration {
-    pub topic: String,
-    pub meta: TopicMeta,
-    /// Time left before it expires; `None` for pinned topics.
-    pub remaining: Option<Duration>,
 }
 
 impl Default for MemoryRegistry {
@@ -102,18 +93,29 @@ impl MemoryRegistry {
         before.saturating_sub(self.topics.len())
     }
 
-    /// Every live registration with its remaining TTL.
-    pub fn registrations(&self) -> Vec<Registration> {
+    /// Every live registration with its remaining TTL (`None` = pinned).
+    pub fn registrations(&self) -> Vec<(String, TopicMeta, Option<Duration>)> {
         let now = Instant::now();
         self.topics
             .iter()
             .filter(|e| e.live(now))
-            .map(|e| Registration {
-                topic: e.key().to_string(),
-                meta: e.meta,
-                remaining: e.expires_at.map(|at| at.saturating_duration_since(now)),
+            .map(|e| {
+                let remaining = e.expires_at.map(|at| at.saturating_duration_since(now));
+                (e.key().to_string(), e.meta, remaining)
             })
             .collect()
+    }
+
+    /// One live registration's meta and remaining TTL (`None` = pinned).
+    pub fn remaining(&self, topic: &str) -> Option<(TopicMeta, Option<Duration>)> {
+        let now = Instant::now();
+        let entry = *self.topics.get(topic)?;
+        entry.live(now).then(|| {
+            (
+                entry.meta,
+                entry.expires_at.map(|at| at.saturating_duration_since(now)),
+            )
+        })
     }
 
     /// Entries held, expired or not (to show that expiry frees memory).
@@ -162,7 +164,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(4)).await;
         let regs = registry.registrations();
         assert_eq!(regs.len(), 1);
-        assert_eq!(regs[0].remaining, Some(Duration::from_secs(6)));
+        assert_eq!(regs[0].2, Some(Duration::from_secs(6)));
+        assert_eq!(
+            registry.remaining("t"),
+            Some((PRIVATE, Some(Duration::from_secs(6))))
+        );
         registry.unregister("t");
         assert!(registry.registrations().is_empty());
     }

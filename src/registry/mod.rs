@@ -1,84 +1,143 @@
 //! Registered topics with their TTL: publish and the WebSocket handshake ask
 //! it whether a topic exists and whether it requires a token.
 //!
-//! Single-instance mode uses only [`MemoryRegistry`]. In cluster mode Redis is
-//! the source of truth (`redis.rs`) while the link is up, and the memory
-//! registry mirrors what was registered through this node: it answers while
-//! Redis is away (`degraded` mode) and is written back when Redis returns, so
-//! an outage loses no registration. One Redis round trip per lookup.
+//! Single-instance mode uses only the [`MemoryRegistry`]. In cluster mode the
+//! broker's shared registry is the source of truth while the subscription is
+//! healthy, and the memory registry mirrors what was registered through this
+//! node: it answers while the broker is away (`degraded`). Changes the broker
+//! did not take (it was away, timed out, or refused them) are kept as
+//! *pending* and written back in order when it answers again; changes it did
+//! take are never rewritten, so a topic another node unregistered meanwhile
+//! stays unregistered. Only after the broker itself restarted (its data may
+//! be gone) is the whole mirror written back, and then only where a key is
+//! missing.
 
+mod count;
 mod memory;
-mod redis;
+mod pending;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::memory::{MemoryRegistry, Registration};
-pub use self::redis::RedisRegistry;
-use crate::cluster::LinkError;
+pub use self::memory::MemoryRegistry;
+use self::pending::Pending;
+use crate::broker::{Broker, BrokerError, Health};
+use crate::telemetry::Throttled;
+pub use crate::topic::{TopicChange, TopicMeta, STATUS_TOPIC};
 
-/// The reserved topic every node registers for its own status requests.
-pub const STATUS_TOPIC: &str = "worker.status";
+/// Redis is up but refused a registry change; it is kept here and retried.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused;
 
-/// What a registration says about its topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TopicMeta {
-    pub require_token: bool,
-}
+const STATUS_META: TopicMeta = TopicMeta {
+    require_token: true,
+};
 
 pub struct Registry {
     local: MemoryRegistry,
-    redis: Option<RedisRegistry>,
+    shared: Option<Shared>,
+    pending: Pending,
+    count: count::CountCache,
     ttl: Duration,
+    refused: Throttled,
+    /// Held for writing by a write-back, for reading by a direct change: a
+    /// change made while pending ones are being written is applied after
+    /// them, never overwritten by an older one.
+    writing: tokio::sync::RwLock<()>,
+}
+
+/// The broker's registry and whether it can be asked right now.
+struct Shared {
+    broker: Arc<Broker>,
+    health: Arc<Health>,
 }
 
 impl Registry {
-    /// A registry with the reserved status topic pinned for the life of the process.
-    pub fn new(ttl: Duration, redis: Option<RedisRegistry>) -> Arc<Self> {
+    /// A registry with the reserved status topic pinned for the life of the
+    /// process; `shared` is the broker in cluster mode.
+    pub fn new(ttl: Duration, shared: Option<(Arc<Broker>, Arc<Health>)>) -> Arc<Self> {
         let local = MemoryRegistry::new();
-        local.register(
-            STATUS_TOPIC,
-            TopicMeta {
-                require_token: true,
-            },
-            None,
-        );
-        Arc::new(Registry { local, redis, ttl })
+        local.register(STATUS_TOPIC, STATUS_META, None);
+        Arc::new(Registry {
+            local,
+            shared: shared.map(|(broker, health)| Shared { broker, health }),
+            pending: Pending::default(),
+            count: count::CountCache::default(),
+            ttl,
+            refused: Throttled::new(Duration::from_secs(10)),
+            writing: tokio::sync::RwLock::new(()),
+        })
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
-    /// The Redis side, when this node is configured for a cluster and the
-    /// link is up right now.
-    fn redis_up(&self) -> Option<&RedisRegistry> {
-        self.redis.as_ref().filter(|r| r.is_up())
+    /// The broker, when this node is in a cluster and it is connected.
+    fn connected(&self) -> Option<&Broker> {
+        self.shared
+            .as_ref()
+            .filter(|shared| shared.health.is_connected())
+            .map(|shared| shared.broker.as_ref())
     }
 
-    /// Registers (or re-registers) a topic. Never fails: if Redis cannot take
-    /// it now, the local mirror keeps it and it is written back on rejoin.
-    pub async fn register(&self, topic: &str, meta: TopicMeta) {
+    /// Registers (or re-registers) a topic. What the broker cannot take now
+    /// stays pending here and is written back when it can; the change holds
+    /// on this node at once either way. `Err` when Redis is up but refused
+    /// it (OOM, READONLY, …): the publisher must hear that the cluster did
+    /// not get it, since other nodes answer 404 meanwhile.
+    pub async fn register(&self, topic: &str, meta: TopicMeta) -> Result<(), Refused> {
         if topic == STATUS_TOPIC {
             // Reserved: stays registered with require_token for the life of the process.
-            return;
+            return Ok(());
         }
         self.local.register(topic, meta, Some(self.ttl));
-        if let Some(redis) = self.redis_up() {
-            if let Err(error) = redis.register(topic, meta, self.ttl).await {
-                tracing::warn!(%error, "redis unavailable: registration kept locally until it returns");
-            }
-        }
+        let change = TopicChange::Register {
+            topic: topic.to_string(),
+            meta,
+            ttl: self.ttl,
+        };
+        self.share(topic, change).await
     }
 
-    pub async fn unregister(&self, topic: &str) {
+    pub async fn unregister(&self, topic: &str) -> Result<(), Refused> {
         if topic == STATUS_TOPIC {
-            return;
+            return Ok(());
         }
         self.local.unregister(topic);
-        if let Some(redis) = self.redis_up() {
-            if let Err(error) = redis.unregister(topic).await {
-                tracing::warn!(%error, "redis unavailable: unregister applied locally only");
+        let change = TopicChange::Unregister {
+            topic: topic.to_string(),
+        };
+        self.share(topic, change).await
+    }
+
+    async fn share(&self, topic: &str, change: TopicChange) -> Result<(), Refused> {
+        if self.shared.is_none() {
+            return Ok(());
+        }
+        let Some(broker) = self.connected() else {
+            self.pending.mark(topic, &change);
+            return Ok(());
+        };
+        let _direct = self.writing.read().await;
+        let result = match &change {
+            TopicChange::Register { meta, ttl, .. } => broker.topic_set(topic, *meta, *ttl).await,
+            TopicChange::Unregister { .. } => broker.topic_del(topic).await,
+        };
+        match result {
+            Ok(()) => {
+                self.pending.clear(topic);
+                Ok(())
+            }
+            Err(error) => {
+                self.pending.mark(topic, &change);
+                self.refused.warn(|repeats| {
+                    tracing::warn!(%error, repeats, pending = self.pending.len(), "the shared registry did not take a change: kept here, written back when it does");
+                });
+                match error {
+                    BrokerError::Refused(_) => Err(Refused),
+                    _ => Ok(()),
+                }
             }
         }
     }
@@ -87,9 +146,10 @@ impl Registry {
         if topic == STATUS_TOPIC {
             return self.local.lookup(topic);
         }
-        if let Some(redis) = self.redis_up() {
-            match redis.lookup(topic).await {
+        if let Some(broker) = self.connected() {
+            match broker.topic_get(topic).await {
                 Ok(Some(meta)) => return Some(meta),
+                Ok(None) if self.pending.is_register(topic) => {}
                 Ok(None) => {
                     // The cluster is authoritative: unregistered or expired
                     // elsewhere means gone here too.
@@ -97,27 +157,37 @@ impl Registry {
                     return None;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "redis lookup failed: answering from the local registry");
+                    tracing::debug!(%error, "registry lookup failed: answering from the local registry");
                 }
             }
         }
         self.local.lookup(topic)
     }
 
-    /// Live registered topics (cluster-wide while Redis is up).
+    /// Live registered topics: cluster-wide while connected (one `SCAN`
+    /// shared by concurrent callers), this node's otherwise.
     pub async fn count(&self) -> usize {
-        if let Some(redis) = self.redis_up() {
-            if let Ok(topics) = redis.list().await {
-                return topics.len();
+        if let Some(broker) = self.connected() {
+            if let Ok(count) = self.count.get(broker).await {
+                return count;
             }
         }
         self.local.count()
     }
 
-    /// Registered topics, sorted (cluster-wide while Redis is up).
+    /// The last count the heartbeat or a status call saw (for metrics,
+    /// which must not scan the registry on every scrape).
+    pub fn last_count(&self) -> usize {
+        match self.connected() {
+            Some(_) => self.count.last().unwrap_or_else(|| self.local.count()),
+            None => self.local.count(),
+        }
+    }
+
+    /// Registered topics, sorted (cluster-wide while connected).
     pub async fn list(&self) -> Vec<String> {
-        if let Some(redis) = self.redis_up() {
-            if let Ok(topics) = redis.list().await {
+        if let Some(broker) = self.connected() {
+            if let Ok(topics) = broker.topics().await {
                 return topics;
             }
         }
@@ -131,31 +201,45 @@ impl Registry {
         self.local.sweep()
     }
 
-    /// Writes every local registration (and the pinned status topic) to
-    /// Redis, with its remaining TTL. Called whenever the link (re)joins.
-    pub async fn write_back(&self) -> Result<usize, LinkError> {
-        let Some(redis) = &self.redis else {
-            return Ok(0);
-        };
-        let registrations = self.local.registrations();
-        redis.write_back(&registrations, self.ttl).await?;
-        Ok(registrations.len())
+    /// Changes the broker has not taken yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
-    /// Re-sets the pinned status topic in Redis so it never expires there.
-    pub async fn refresh_status_topic(&self) -> Result<(), LinkError> {
-        match self.redis_up() {
-            Some(redis) => {
-                redis
-                    .register(
-                        STATUS_TOPIC,
-                        TopicMeta {
-                            require_token: true,
-                        },
-                        self.ttl,
-                    )
-                    .await
-            }
+    /// Writes the pending changes to the broker, in order. After a broker
+    /// restart (`restarted`) the whole local mirror is written first, only
+    /// where keys are missing. Returns how many changes were applied.
+    pub async fn write_back(&self, broker: &Broker, restarted: bool) -> Result<usize, BrokerError> {
+        let _exclusive = self.writing.write().await;
+        let mut written = 0;
+        if restarted {
+            let mirror: Vec<TopicChange> = self
+                .local
+                .registrations()
+                .into_iter()
+                .map(|(topic, meta, remaining)| TopicChange::Register {
+                    topic,
+                    meta,
+                    ttl: remaining.unwrap_or(self.ttl),
+                })
+                .collect();
+            broker.apply(&mirror, true).await?;
+            written += mirror.len();
+        }
+        let (changes, marks) = self.pending.snapshot(|topic| {
+            self.local
+                .remaining(topic)
+                .map(|(meta, remaining)| (meta, remaining.unwrap_or(self.ttl)))
+        });
+        broker.apply(&changes, false).await?;
+        self.pending.settle(&marks);
+        Ok(written + changes.len())
+    }
+
+    /// Re-sets the pinned status topic in the broker so it never expires there.
+    pub async fn refresh_status_topic(&self) -> Result<(), BrokerError> {
+        match self.connected() {
+            Some(broker) => broker.topic_set(STATUS_TOPIC, STATUS_META, self.ttl).await,
             None => Ok(()),
         }
     }

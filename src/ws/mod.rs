@@ -5,13 +5,12 @@
 //! request that is no handshake takes no admission slot and no registry
 //! lookup.
 //! `session.rs` runs each upgraded socket over `conn.rs` (socket I/O) and
-//! `codec/` (the RFC 6455 framing, pure); `auth.rs` checks its first frame;
-//! `frames.rs` encodes what the server sends.
+//! `codec/` (the RFC 6455 framing, pure); `auth.rs` checks its first frame.
+//! Outgoing messages are encoded by `crate::frames`.
 
 mod auth;
 mod codec;
 mod conn;
-mod frames;
 mod handshake;
 mod limits;
 mod session;
@@ -32,7 +31,6 @@ use self::conn::Connection;
 pub use self::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 /// The inbound WebSocket decoder, public for the fuzz target.
 pub use self::codec::{DecodeError, Decoded, Decoder, Inbound};
-pub use self::frames::push_frame;
 use crate::cluster::Mode;
 use crate::metrics::Refusal;
 use crate::node::Node;
@@ -51,8 +49,8 @@ struct Public {
 
 /// The public router; also starts the sweeper of per-address state.
 pub fn router(node: Arc<Node>) -> Router {
-    let admissions = Admissions::new(&node.config.limits);
-    node.tasks
+    let admissions = Admissions::new(&node.config().limits);
+    node.tasks()
         .spawn(sweep_admissions(Arc::clone(&node), Arc::clone(&admissions)));
     Router::new()
         .route("/ws", get(upgrade))
@@ -65,7 +63,7 @@ async fn sweep_admissions(node: Arc<Node>, admissions: Arc<Admissions>) {
     loop {
         tokio::select! {
             _ = tick.tick() => admissions.sweep(),
-            _ = node.shutdown.cancelled() => return,
+            _ = node.shutdown().cancelled() => return,
         }
     }
 }
@@ -101,11 +99,11 @@ async fn upgrade(
         Err(not_a_handshake) => return not_a_handshake.into_response(),
     };
     let Some(topic) = query_value(request.uri().query(), "topic").filter(|t| !t.is_empty()) else {
-        node.metrics.refused(Refusal::BadRequest);
+        node.metrics().refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "missing topic");
     };
-    if topic.len() > node.config.limits.max_topic_length {
-        node.metrics.refused(Refusal::BadRequest);
+    if topic.len() > node.config().limits.max_topic_length {
+        node.metrics().refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "topic too long");
     }
     let peer = request
@@ -116,7 +114,7 @@ async fn upgrade(
     let admission = match admissions.admit(client) {
         Ok(admission) => admission,
         Err(refused) => {
-            node.metrics.refused(Refusal::Limit);
+            node.metrics().refused(Refusal::Limit);
             tracing::debug!(client = %client, ?refused, "connection refused by a limit");
             return match refused {
                 Refused::NodeFull => plain(StatusCode::SERVICE_UNAVAILABLE, "server full"),
@@ -126,16 +124,16 @@ async fn upgrade(
             };
         }
     };
-    let Some(meta) = node.registry.lookup(&topic).await else {
-        node.metrics.refused(Refusal::NotRegistered);
+    let Some(meta) = node.registry().lookup(&topic).await else {
+        node.metrics().refused(Refusal::NotRegistered);
         return plain(StatusCode::NOT_FOUND, "topic not registered");
     };
-    node.metrics.upgrades.fetch_add(1, Ordering::Relaxed);
+    node.metrics().upgrades.fetch_add(1, Ordering::Relaxed);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_node = Arc::clone(&node);
     // No tracing span per socket: entering one on every poll cost ~4 % of the
     // fan-out CPU even with debug logging off.
-    node.tasks.spawn(async move {
+    node.tasks().spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -200,14 +198,12 @@ mod tests {
         let config = crate::config::Config::from_yaml(&yaml)
             .expect("config")
             .config;
-        let registry = crate::registry::Registry::new(config.topic_ttl, None);
-        registry.register("t", TopicMeta::default()).await;
-        router(Node::new(
-            config,
-            registry,
-            None,
-            "0123456789abcdef".to_string(),
-        ))
+        let node = Node::new(config).expect("node");
+        node.registry()
+            .register("t", TopicMeta::default())
+            .await
+            .expect("register");
+        router(node)
     }
 
     /// The status (and `Sec-WebSocket-Version`) that `GET uri` with `headers` gets.

@@ -16,7 +16,7 @@ use tokio::time::{timeout, Instant};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::codec::{DecodeError, Inbound};
 use super::conn::{Connection, ReadError};
-use super::frames;
+use crate::frames;
 use crate::hub::{Frame, Outgoing};
 use crate::metrics::Refusal;
 use crate::node::{Node, StatusRequest};
@@ -44,8 +44,8 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
     let Some(user_id) = Box::pin(authenticate(&mut conn, &node, &topic, meta)).await else {
         return;
     };
-    let subscription = node.hub.subscribe(&topic, user_id);
-    node.metrics.authenticated.fetch_add(1, Ordering::Relaxed);
+    let subscription = node.hub().subscribe(&topic, user_id);
+    node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
     if write(&mut conn, &node, &frames::auth_ok()).await.is_err() {
         return;
     }
@@ -61,7 +61,7 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
     tokio::pin!(keepalive);
     // Created once: every socket shares the node's token, and re-creating
     // this future per loop would lock the token's state twice per frame.
-    let shutdown = node.shutdown.cancelled();
+    let shutdown = node.shutdown().cancelled();
     tokio::pin!(shutdown);
 
     loop {
@@ -80,7 +80,7 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                     let frame = match item {
                         Outgoing::Frame(frame) => frame,
                         Outgoing::Lagged { missed } => {
-                            node.metrics.lagged_notices.fetch_add(1, Ordering::Relaxed);
+                            node.metrics().lagged_notices.fetch_add(1, Ordering::Relaxed);
                             frames::lagged(missed)
                         }
                     };
@@ -127,7 +127,7 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
             }
             () = &mut keepalive => {
                 if Instant::now() >= idle_deadline {
-                    node.metrics.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    node.metrics().idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("dropping a silent socket");
                     close_with(&mut conn, close::NORMAL, "idle timeout").await;
                     return;
@@ -148,18 +148,18 @@ async fn authenticate(
     topic: &str,
     meta: TopicMeta,
 ) -> Option<i64> {
-    let deadline = Instant::now() + node.config.limits.auth_timeout;
+    let deadline = Instant::now() + node.config().limits.auth_timeout;
     let first = loop {
         let inbound = tokio::select! {
             inbound = tokio::time::timeout_at(deadline, conn.recv()) => inbound,
-            _ = node.shutdown.cancelled() => {
+            _ = node.shutdown().cancelled() => {
                 close_with(conn, close::GOING_AWAY, "server shutting down").await;
                 return None;
             }
         };
         match inbound {
             Err(_) => {
-                node.metrics.refused(Refusal::AuthTimeout);
+                node.metrics().refused(Refusal::AuthTimeout);
                 close_with(conn, close::POLICY_VIOLATION, "auth timeout").await;
                 return None;
             }
@@ -184,17 +184,17 @@ async fn authenticate(
             }
         }
     };
-    let secret = node.config.worker_secret.expose().as_bytes();
+    let secret = node.config().worker_secret.expose().as_bytes();
     match check_auth_frame(&first, topic, meta, secret, crate::auth::unix_now()) {
         Ok(user_id) => Some(user_id),
         Err(AuthFailure::Required(message)) => {
-            node.metrics.refused(Refusal::AuthRequired);
+            node.metrics().refused(Refusal::AuthRequired);
             tracing::debug!(reason = message, "auth frame refused");
             refuse(conn, node, frames::error("auth_required", message)).await;
             None
         }
         Err(AuthFailure::Unauthorized(reason)) => {
-            node.metrics.refused(Refusal::Unauthorized);
+            node.metrics().refused(Refusal::Unauthorized);
             tracing::debug!(reason = reason.label(), "token refused");
             refuse(
                 conn,
@@ -243,7 +243,9 @@ async fn write(conn: &mut Connection, node: &Node, frame: &Frame) -> Result<(), 
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(()),
         Err(_) => {
-            node.metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
+            node.metrics()
+                .write_timeouts
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("dropping a socket whose write did not complete in time");
             Err(())
         }
@@ -261,7 +263,7 @@ async fn fail(conn: &mut Connection, node: &Node, error: ReadError) {
     match error {
         ReadError::Gone => {}
         ReadError::Invalid(DecodeError::TooBig) => {
-            node.metrics
+            node.metrics()
                 .oversize_messages
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("inbound message over 4 KiB");

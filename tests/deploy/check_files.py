@@ -491,6 +491,13 @@ def check_dockerfile(results):
     exposed = set(" ".join(args for w, args in final["instructions"] if w == "EXPOSE").split())
     results.check("EXPOSE 9000 9001", {"9000", "9001"} <= {p.split("/")[0] for p in exposed}, f"{sorted(exposed)}")
     results.check("STOPSIGNAL SIGTERM", last("STOPSIGNAL") == "SIGTERM", f"{last('STOPSIGNAL')}")
+    # The Go image's layout: a file mounted at /app/config.yaml is read as
+    # ./config.yaml, so the entrypoint must not pin another --config.
+    results.check("final stage WORKDIR /app (reads a mounted /app/config.yaml like the Go image)",
+                  last("WORKDIR") == "/app", f"WORKDIR {last('WORKDIR')}")
+    entrypoint = (last("ENTRYPOINT") or "") + " " + (last("CMD") or "")
+    results.check("ENTRYPOINT/CMD pass no --config (./config.yaml is found by default)",
+                  "config" not in entrypoint, entrypoint.strip())
     results.check("final stage is not the Rust toolchain image", "rust:" not in final["from"], final["from"])
     builder = stages[0]["instructions"]
     arg_at = next((i for i, (w, a) in enumerate(builder) if w == "ARG" and a.startswith("SKYWAVE_BUILD_COMMIT")), None)
@@ -587,16 +594,55 @@ def check_systemd(results, binary):
 
 # ---------------------------------------------------------------------- docs
 
-def check_docs(results):
-    print("== docs/DEPLOYMENT.md", flush=True)
+def check_wavelog_layout(results):
+    """deploy/compose.wavelog.yaml: the Go worker's compose service of
+    Wavelog's docs with only the image swapped."""
+    print("== deploy/compose.wavelog.yaml", flush=True)
     try:
-        text = read("docs/DEPLOYMENT.md")
-    except OSError:
-        results.check("docs/DEPLOYMENT.md exists", False)
+        import yaml
+    except ImportError:
+        results.check("deploy/compose.wavelog.yaml parsed", False, "PyYAML is not installed")
         return
-    links = [link for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text) if "://" not in link]
-    broken = [link for link in links if not os.path.exists(os.path.normpath(os.path.join(REPO, "docs", link)))]
-    results.check("docs/DEPLOYMENT.md: relative links resolve", not broken, f"broken: {broken}" if broken else f"{len(links)} links")
+    compose = yaml.safe_load(read("deploy/compose.wavelog.yaml"))
+    schema, source = compose_schema()
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+    if schema is None or jsonschema is None:
+        results.skip("deploy/compose.wavelog.yaml valid against the Compose schema",
+                     source if schema is None else "Python package jsonschema is not installed")
+    else:
+        errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(compose))
+        results.check("deploy/compose.wavelog.yaml valid against the Compose schema", not errors,
+                      "; ".join(e.message for e in errors[:3]) if errors else source)
+    service = (compose.get("services") or {}).get("worker") or {}
+    mounts = [str(v) for v in service.get("volumes", [])]
+    results.check("deploy/compose.wavelog.yaml mounts the config at /app/config.yaml, as Wavelog's docs do",
+                  any(m.split(":")[1:2] == ["/app/config.yaml"] for m in mounts), f"{mounts}")
+    results.check("deploy/compose.wavelog.yaml passes no command or --config (the image finds the file)",
+                  "command" not in service and "entrypoint" not in service, str(service.get("command")))
+    internal = [p for p in service.get("ports", []) if str(p).endswith(":9001")]
+    results.check("deploy/compose.wavelog.yaml publishes the internal port on loopback only",
+                  all(str(p).startswith("127.0.0.1:") for p in internal), f"{internal}")
+
+
+def check_docs(results):
+    for doc in ("README.md", "docs/DEPLOYMENT.md", "docs/PROTOCOL.md"):
+        print(f"== {doc}", flush=True)
+        try:
+            text = read(doc)
+        except OSError:
+            results.check(f"{doc} exists", False)
+            continue
+        base = os.path.dirname(os.path.join(REPO, doc))
+        links = [link for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text) if "://" not in link]
+        broken = [link for link in links if not os.path.exists(os.path.normpath(os.path.join(base, link)))]
+        results.check(f"{doc}: relative links resolve inside the repository",
+                      not broken and not any(os.path.relpath(os.path.normpath(os.path.join(base, link)), REPO)
+                                             .startswith("..") for link in links),
+                      f"broken: {broken}" if broken else f"{len(links)} links")
+    text = read("docs/DEPLOYMENT.md")
     mentioned = re.findall(r"`((?:nginx|deploy|tests/deploy)/[\w./-]+|compose\.yaml|Dockerfile)`", text)
     missing = sorted({m for m in mentioned if not os.path.exists(os.path.join(REPO, m))})
     results.check("docs/DEPLOYMENT.md: the kit files it names exist", not missing,
@@ -612,6 +658,7 @@ def main():
     nginx_env = check_compose(results)
     check_nginx(results, nginx_env)
     check_dockerfile(results)
+    check_wavelog_layout(results)
     check_systemd(results, os.path.abspath(args.binary))
     check_docs(results)
     sys.exit(results.summary("check_files"))

@@ -234,8 +234,7 @@ async fn session_future_stays_small() {
         crate::config::Config::from_yaml("worker_secret: \"0123456789abcdef0123456789abcdef\"\n")
             .expect("config")
             .config;
-    let registry = crate::registry::Registry::new(config.topic_ttl, None);
-    let node = crate::node::Node::new(config, registry, None, "0123456789abcdef".to_string());
+    let node = crate::node::Node::new(config).expect("node");
     let future = crate::ws::session_future_for_size(conn, node);
     let size = std::mem::size_of_val(&future);
     eprintln!("session future: {size} bytes");

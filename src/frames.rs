@@ -1,13 +1,15 @@
-//! The JSON frames the server sends, each encoded once. A push frame is built
-//! around the payload's raw JSON text, so the payload is never re-encoded and
-//! the same buffer goes to every recipient.
+//! The JSON messages the server sends to browsers, each encoded once. A push
+//! frame is built around the payload's raw JSON text, so the payload is never
+//! re-encoded and the same buffer goes to every recipient (the hub, the
+//! cluster's subscriber and the WebSocket sessions all use these).
 
+use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::hub::Frame;
-use crate::node::StatusReport;
+/// One encoded WebSocket text message (UTF-8 JSON), shared by every recipient.
+pub type Frame = bytes::Bytes;
 
-pub fn push_frame(payload: &RawValue) -> Frame {
+pub fn push(payload: &RawValue) -> Frame {
     let payload = payload.get();
     let mut text = String::with_capacity(payload.len() + 28);
     text.push_str("{\"type\":\"push\",\"payload\":");
@@ -29,12 +31,12 @@ pub fn lagged(missed: u64) -> Frame {
     Frame::from(format!("{{\"type\":\"lagged\",\"missed\":{missed}}}"))
 }
 
-pub fn status(report: &StatusReport) -> Frame {
-    #[derive(serde::Serialize)]
-    struct StatusFrame<'a> {
+pub fn status<T: Serialize>(report: &T) -> Frame {
+    #[derive(Serialize)]
+    struct StatusFrame<'a, T> {
         #[serde(rename = "type")]
         kind: &'static str,
-        payload: &'a StatusReport,
+        payload: &'a T,
     }
     let text = serde_json::to_string(&StatusFrame {
         kind: "status",
@@ -51,7 +53,7 @@ mod tests {
     #[test]
     fn push_wraps_the_raw_payload() {
         let raw = RawValue::from_string("[1, {\"a\":\"\\u00e9\"}]".to_string()).expect("raw");
-        let frame = push_frame(&raw);
+        let frame = push(&raw);
         assert_eq!(
             &frame[..],
             &b"{\"type\":\"push\",\"payload\":[1, {\"a\":\"\\u00e9\"}]}"[..]

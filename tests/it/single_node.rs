@@ -1,13 +1,10 @@
 //! Single-node behaviour beyond the conformance suite: slow clients, limits,
 //! TTL freeing memory, graceful shutdown, and the command line.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http, TestNode, Ws, SECRET};
+use crate::support::{http, tempdir, wait_port, Process, TestNode, Ws, SECRET};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,11 +117,11 @@ async fn expired_topics_are_freed_and_sockets_survive_them() {
     let node = TestNode::start("topic_ttl: 1s").await;
     node.register("short", true).await;
     let mut socket = node.socket("short", 1).await;
-    let before = node.node.registry.local_entries();
+    let before = node.node.registry().local_entries();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(node.publish("short", &json!(1)).await, 404);
     assert_eq!(
-        node.node.registry.local_entries(),
+        node.node.registry().local_entries(),
         before - 1,
         "the sweeper freed the entry"
     );
@@ -170,7 +167,7 @@ async fn in_process_stop_closes_sockets_with_1001() {
 }
 
 fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_skywave"))
+    Process::command(&std::env::temp_dir())
 }
 
 fn write_config(dir: &std::path::Path, ws: u16, internal: u16) -> std::path::PathBuf {
@@ -183,23 +180,10 @@ fn write_config(dir: &std::path::Path, ws: u16, internal: u16) -> std::path::Pat
     path
 }
 
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("port {port} never opened");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_with_1001_exits_and_restart_loses_the_registry() {
-    let dir = tempdir();
-    let (ws, internal) = (common::free_port(), common::free_port());
+    let dir = tempdir("single");
+    let (ws, internal) = (crate::support::free_port(), crate::support::free_port());
     let config = write_config(&dir, ws, internal);
     // the Go flag spelling
     let mut child = binary()
@@ -290,7 +274,7 @@ fn command_line_helpers() {
         Ok(7)
     );
 
-    let dir = tempdir();
+    let dir = tempdir("single");
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -318,50 +302,6 @@ fn command_line_helpers() {
         !text.contains(SECRET),
         "check-config never prints the secret"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_without_any_config_and_prints_a_generated_secret() {
-    let (ws, internal) = (common::free_port(), common::free_port());
-    let child = binary()
-        .env("SKYWAVE_WS_PORT", ws.to_string())
-        .env("SKYWAVE_WS_BIND", "127.0.0.1")
-        .env("SKYWAVE_INTERNAL_PORT", internal.to_string())
-        .env_remove("SKYWAVE_WORKER_SECRET")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_port(internal).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("WARNING: no worker_secret configured"),
-        "{stderr}"
-    );
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("*** worker_secret: "))
-        .unwrap();
-    assert_eq!(line.rsplit(' ').next().unwrap().len(), 64);
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "skywave-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,5 @@
 //! Property tests: token sign/verify round trips (hex and JWT) and Go
 //! duration parsing/formatting, over generated inputs.
-#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

@@ -1,14 +1,17 @@
-//! The node roster in the hash `<prefix>nodes` (the format of the Go worker's
-//! development branch, so a mixed cluster shows every node): field = node id,
+//! This node's identity and the node roster of Go 0.3.0 (the hash
+//! `<prefix>nodes`, so a mixed cluster shows every node): field = node id,
 //! value = a JSON entry rewritten every 5 s. A node is alive if seen in the
 //! last 15 s; entries unseen for 15 min, or dead ones whose host name has a
 //! live entry, are pruned; a node deletes its own entry on shutdown.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::config::format_go_seconds;
+use crate::hub::HubCounts;
 
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const ALIVE_WINDOW: Duration = Duration::from_secs(15);
@@ -28,6 +31,55 @@ pub struct RosterEntry {
     pub alive: bool,
     pub uptime: String,
     pub uptime_seconds: u64,
+}
+
+/// Who this process is: its id (also the envelopes' `origin_id`), its name
+/// in the roster, and when it started.
+pub struct Identity {
+    pub id: String,
+    pub name: String,
+    started: Instant,
+    started_at: OffsetDateTime,
+}
+
+impl Identity {
+    /// A fresh random id; `name` empty = the host name.
+    pub fn new(name: &str) -> Identity {
+        Identity {
+            id: hex::encode(rand::random::<[u8; 8]>()),
+            name: if name.is_empty() {
+                hostname()
+            } else {
+                name.to_string()
+            },
+            started: Instant::now(),
+            started_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// Uptime rounded to whole seconds, as Go's `Round(time.Second)` does.
+    pub fn uptime_seconds(&self) -> u64 {
+        let elapsed = self.started.elapsed();
+        elapsed.as_secs() + u64::from(elapsed.subsec_millis() >= 500)
+    }
+
+    /// This node's roster entry, seen now.
+    pub fn entry(&self, counts: HubCounts) -> RosterEntry {
+        let uptime = self.uptime_seconds();
+        RosterEntry {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            version: crate::version().to_string(),
+            started_at: rfc3339(self.started_at),
+            seen_at: rfc3339(OffsetDateTime::now_utc()),
+            active_topics: counts.active_topics as u64,
+            connected_clients: counts.connected_clients as u64,
+            connected_sockets: counts.connected_sockets as u64,
+            alive: true,
+            uptime: format_go_seconds(uptime),
+            uptime_seconds: uptime,
+        }
+    }
 }
 
 pub fn rfc3339(at: OffsetDateTime) -> String {

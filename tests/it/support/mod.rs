@@ -1,10 +1,14 @@
-//! Test support shared by the integration test crates: the real app started
+//! Test support for the integration tests: the real app started
 //! in-process on port 0, a real `redis-server` on a free loopback port,
 //! WebSocket clients (tokio-tungstenite) and a small HTTP client.
-#![allow(dead_code, clippy::unwrap_used)]
+
+mod process;
+mod redis_server;
+
+pub use self::process::{tempdir, wait_port, BinaryNode, Process};
+pub use self::redis_server::{RedisServer, TlsFiles};
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +26,25 @@ pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 
 /// A skywave node running in this test process.
 pub struct TestNode {
-    pub ws: SocketAddr,
-    pub internal: SocketAddr,
+    pub client: NodeClient,
     pub node: Arc<Node>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// What a publisher and a browser see of a node: its two listeners. Both
+/// kinds of node (in-process, real binary) hand this out.
+#[derive(Clone, Copy)]
+pub struct NodeClient {
+    pub ws: SocketAddr,
+    pub internal: SocketAddr,
+}
+
+impl std::ops::Deref for TestNode {
+    type Target = NodeClient;
+    fn deref(&self) -> &NodeClient {
+        &self.client
+    }
 }
 
 impl TestNode {
@@ -50,8 +68,7 @@ impl TestNode {
             .expect("run");
         });
         TestNode {
-            ws,
-            internal,
+            client: NodeClient { ws, internal },
             node,
             stop: Some(stop),
             handle: Some(handle),
@@ -74,6 +91,13 @@ impl TestNode {
                 .expect("run task");
         }
     }
+}
+
+impl NodeClient {
+    /// A GET on the internal listener, with or without the secret.
+    pub async fn get(&self, path: &str, secret: Option<&str>) -> (u16, String) {
+        http(self.internal, "GET", path, None, secret).await
+    }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, String) {
         http(
@@ -94,6 +118,13 @@ impl TestNode {
             )
             .await;
         assert_eq!(code, 200, "register {topic}: {body}");
+    }
+
+    pub async fn unregister(&self, topic: &str) {
+        let (code, body) = self
+            .post("/internal/unregister", &json!({"topic": topic}))
+            .await;
+        assert_eq!(code, 200, "unregister {topic}: {body}");
     }
 
     pub async fn publish(&self, topic: &str, payload: &Value) -> u16 {
@@ -266,95 +297,6 @@ pub async fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (code, body)
-}
-
-/// A throw-away `redis-server` on a free loopback port, killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = free_port();
-        let mut server = RedisServer { port, child: None };
-        server.restart();
-        server
-    }
-
-    /// A port where nothing listens yet (for a Redis that starts later).
-    pub fn reserved() -> RedisServer {
-        RedisServer {
-            port: free_port(),
-            child: None,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Starts (again) on the same port and waits until it answers.
-    pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "redis-server must be installed for the cluster tests (scripts/test installs it)",
-            );
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    /// SIGKILL, as a crash.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP / SIGCONT: a Redis that hangs without closing connections.
-    pub fn pause(&self, paused: bool) {
-        if let Some(child) = &self.child {
-            let signal = if paused { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status();
-        }
-    }
-
-    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.pause(false);
-        self.kill9();
-    }
 }
 
 pub fn free_port() -> u16 {

@@ -1,0 +1,218 @@
+//! The broker boundary: the shared backend that makes several nodes one
+//! cluster. It carries envelopes between nodes (publish, subscribe), holds
+//! the shared topic registry (get/set/del/scan) and the node roster.
+//!
+//! An enum of backends, not trait objects: today the Go-compatible single
+//! Redis ([`RedisBroker`], the reference implementation); Sentinel, Redis
+//! Cluster and NATS become further variants behind the same methods. The
+//! broker knows nothing of nodes, sockets or modes; `cluster` drives it and
+//! sets its [`Health`], which `registry` reads.
+
+mod envelope;
+mod link;
+mod redis;
+
+use std::time::Duration;
+
+pub use self::envelope::{
+    decode as decode_envelope, encode as encode_envelope, Envelope, EnvelopeError,
+};
+pub use self::link::install_crypto_provider;
+pub use self::redis::{RedisBroker, RedisMessage, RedisSubscription};
+use crate::config::{Config, Secret};
+use crate::topic::{TopicChange, TopicMeta};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The settings cannot work (a TLS file that does not parse, …).
+    #[error("{0}")]
+    Config(String),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// No connection (refused, reset, TLS handshake failed, …).
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered with an error (OOM, READONLY, NOAUTH, …).
+    #[error("redis refused the command: {0}")]
+    Refused(String),
+}
+
+pub enum Broker {
+    Redis(RedisBroker),
+}
+
+/// One subscription to the events channel.
+pub enum Subscription {
+    Redis(RedisSubscription),
+}
+
+/// One envelope as it arrived.
+pub enum Message {
+    Redis(RedisMessage),
+}
+
+/// Whether the subscription is live and verified. Written by the cluster's
+/// supervisor only; read by everything that must not wait on a Redis that
+/// is away (registry lookups answer locally meanwhile).
+pub struct Health {
+    connected: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            connected: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Health {
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.send_replace(connected);
+    }
+
+    /// Resolves once connected (at once if it is).
+    pub async fn wait_connected(&self) {
+        let mut watch = self.connected.subscribe();
+        let _ = watch.wait_for(|connected| *connected).await;
+    }
+}
+
+impl Broker {
+    /// The broker for `url`; nothing is connected yet.
+    pub fn new(config: &Config, url: &Secret) -> Result<Broker, BrokerError> {
+        Ok(Broker::Redis(RedisBroker::new(config, url)?))
+    }
+
+    /// The events channel's name, for logs.
+    pub fn channel(&self) -> &str {
+        match self {
+            Broker::Redis(redis) => redis.channel(),
+        }
+    }
+
+    pub async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.subscribe().await.map(Subscription::Redis),
+        }
+    }
+
+    pub async fn publish(&self, envelopes: &[String]) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.publish(envelopes).await,
+        }
+    }
+
+    /// The nodes subscribed to the events channel, this one included.
+    pub async fn subscribers(&self) -> Result<i64, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.subscribers().await,
+        }
+    }
+
+    /// Identifies the server instance; a change means it restarted.
+    pub async fn server_id(&self) -> Result<String, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.server_id().await,
+        }
+    }
+
+    pub async fn topic_get(&self, topic: &str) -> Result<Option<TopicMeta>, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.topic_get(topic).await,
+        }
+    }
+
+    pub async fn topic_set(
+        &self,
+        topic: &str,
+        meta: TopicMeta,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.topic_set(topic, meta, ttl).await,
+        }
+    }
+
+    pub async fn topic_del(&self, topic: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.topic_del(topic).await,
+        }
+    }
+
+    pub async fn apply(
+        &self,
+        changes: &[TopicChange],
+        only_missing: bool,
+    ) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.apply(changes, only_missing).await,
+        }
+    }
+
+    /// Every registered topic, sorted.
+    pub async fn topics(&self) -> Result<Vec<String>, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.topics().await,
+        }
+    }
+
+    pub async fn roster(&self) -> Result<Vec<(String, String)>, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.roster().await,
+        }
+    }
+
+    pub async fn roster_write(&self, id: &str, entry: &str) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.roster_write(id, entry).await,
+        }
+    }
+
+    pub async fn roster_remove(&self, ids: &[String]) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.roster_remove(ids).await,
+        }
+    }
+
+    /// Resolves when a command lost its connection: the subscriber should
+    /// check its own.
+    pub async fn trouble(&self) {
+        match self {
+            Broker::Redis(redis) => redis.link().trouble().await,
+        }
+    }
+
+    /// Commands that failed since start.
+    pub fn failures(&self) -> u64 {
+        match self {
+            Broker::Redis(redis) => redis.link().failures(),
+        }
+    }
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Option<Message> {
+        match self {
+            Subscription::Redis(sub) => sub.next().await.map(Message::Redis),
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<(), BrokerError> {
+        match self {
+            Subscription::Redis(sub) => sub.ping().await,
+        }
+    }
+}
+
+impl Message {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Message::Redis(message) => message.bytes(),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The heartbeat, every 5 s while in the cluster: this node's roster entry
+//! (and pruning of dead ones), the pinned status topic, registry changes
+//! still pending, and the topic count that metrics report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, Mode};
+use crate::roster::{evaluate, HEARTBEAT};
+
+impl Cluster {
+    pub(super) async fn heartbeat_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        // The status topic must outlive short TTLs too.
+        let period = HEARTBEAT
+            .min(self.registry.ttl() / 2)
+            .max(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_presence = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if self.mode() != Mode::Cluster {
+                continue;
+            }
+            if let Err(error) = self.registry.refresh_status_topic().await {
+                tracing::debug!(%error, "could not refresh the status topic");
+            }
+            if self.registry.pending() > 0 {
+                match self.registry.write_back(&self.broker, false).await {
+                    Ok(written) => {
+                        tracing::info!(changes = written, "wrote pending registry changes to redis")
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "pending registry changes still not written")
+                    }
+                }
+            }
+            if last_presence.elapsed() >= HEARTBEAT - Duration::from_millis(100) {
+                last_presence = tokio::time::Instant::now();
+                self.write_presence().await;
+                // The count metrics report (status calls count on demand).
+                let _ = self.registry.count().await;
+            }
+        }
+    }
+
+    /// Writes this node's roster entry and prunes entries of dead nodes.
+    pub(super) async fn write_presence(&self) {
+        let entry = self.identity.entry(self.hub.counts());
+        let Ok(json) = serde_json::to_string(&entry) else {
+            return;
+        };
+        if let Err(error) = self.broker.roster_write(&self.identity.id, &json).await {
+            tracing::debug!(%error, "could not write the roster entry");
+            return;
+        }
+        if let Ok(raw) = self.broker.roster().await {
+            let (_, prune) = evaluate(raw, time::OffsetDateTime::now_utc());
+            let prune: Vec<String> = prune
+                .into_iter()
+                .filter(|id| *id != self.identity.id)
+                .collect();
+            if let Err(error) = self.broker.roster_remove(&prune).await {
+                tracing::debug!(%error, "could not prune the roster");
+            }
+        }
+    }
+}

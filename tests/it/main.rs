@@ -1,0 +1,13 @@
+//! The integration tests, one crate: the real app in-process on port 0 or
+//! the built binary, real WebSocket clients, and a real `redis-server` on a
+//! free loopback port. One `mod` per area; `support` starts everything.
+#![allow(clippy::unwrap_used)]
+
+mod cluster_chaos;
+mod failures;
+mod health;
+mod layers;
+mod operator_paths;
+mod props;
+mod single_node;
+mod support;

@@ -1,0 +1,170 @@
+//! The real `skywave` binary as an operator runs it: its own working
+//! directory, flags and environment, stderr kept in a file so the test can
+//! read the log while it runs; killed on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, NodeClient, SECRET};
+
+pub struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// A `Command` for the binary, run in `dir` with no `SKYWAVE_*` variable
+    /// of the test's own environment leaking in.
+    pub fn command(dir: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skywave"));
+        command.current_dir(dir).stdin(Stdio::null());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SKYWAVE_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command
+    }
+
+    /// Starts `command` with stdout and stderr going to `<dir>/<name>.log`.
+    pub fn spawn(mut command: Command, dir: &Path, name: &str) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start the skywave binary");
+        Process {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Everything the process wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the output contains `text`.
+    pub async fn wait_for_output(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let output = self.output();
+            if output.contains(text) {
+                return output;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the output within {within:?}:\n{output}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the exit (at most `within`); `None` if still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("port {port} never opened");
+}
+
+/// A fresh directory under the system's temp dir.
+pub fn tempdir(what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "skywave-it-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The real binary started the way the Go worker's docs run it: in a working
+/// directory holding `config.yaml`, with no flags.
+pub struct BinaryNode {
+    pub client: NodeClient,
+    pub process: Process,
+    pub dir: PathBuf,
+}
+
+impl std::ops::Deref for BinaryNode {
+    type Target = NodeClient;
+    fn deref(&self) -> &NodeClient {
+        &self.client
+    }
+}
+
+impl BinaryNode {
+    /// Writes `<dir>/config.yaml` (free loopback ports, the test secret,
+    /// then `extra`) and starts the binary there with no arguments.
+    pub async fn start(dir: &Path, name: &str, extra: &str) -> BinaryNode {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let (ws, internal) = (free_port(), free_port());
+        std::fs::write(
+            dir.join("config.yaml"),
+            format!(
+                "ws_bind: 127.0.0.1\nws_port: {ws}\ninternal_bind: 127.0.0.1\n\
+                 internal_port: {internal}\nworker_secret: \"{SECRET}\"\n{extra}\n"
+            ),
+        )
+        .expect("config.yaml");
+        let process = Process::spawn(Process::command(&dir), &dir, "skywave");
+        wait_port(internal).await;
+        wait_port(ws).await;
+        BinaryNode {
+            client: NodeClient {
+                ws: SocketAddr::from(([127, 0, 0, 1], ws)),
+                internal: SocketAddr::from(([127, 0, 0, 1], internal)),
+            },
+            process,
+            dir,
+        }
+    }
+}
