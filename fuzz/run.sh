@@ -18,7 +18,7 @@ triple="$(rustc -vV | sed -n 's/^host: //p')"
 cargo build --release --locked --bins --target "$triple"
 bin="$CARGO_TARGET_DIR/$triple/release"
 status=0
-for target in token auth_frame envelope config; do
+for target in token auth_frame envelope config ws_decoder; do
   scratch="$CARGO_TARGET_DIR/corpus/$target"
   mkdir -p "$scratch" "corpus/$target" "artifacts/$target"
   echo "== fuzz $target for ${seconds}s"

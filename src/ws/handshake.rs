@@ -1,5 +1,6 @@
-//! The WebSocket opening handshake (RFC 6455 section 4.2), answered by the
-//! server itself so that the upgraded connection is the bare `TcpStream`.
+//! The WebSocket opening handshake (RFC 6455 section 4.2), answered by
+//! skywave itself rather than a WebSocket library, so that the upgraded
+//! stream goes straight to `conn.rs` and the codec.
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};

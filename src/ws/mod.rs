@@ -1,9 +1,15 @@
-//! The public listener: `GET /ws?topic=T` (checked before the upgrade: 400
-//! without a topic, 404 for an unknown one) and `GET /healthz`.
-//! `session.rs` runs each upgraded socket; `auth.rs` checks its first frame;
+//! The public listener: `GET /ws?topic=T` and `GET /healthz`. Before the
+//! upgrade, in this order: the WebSocket handshake headers (400, or 426 for
+//! another version), the topic (400 without one), the admission limits (503,
+//! 429), the registry (404 for an unknown topic): cheapest first, so a
+//! request that is no handshake takes no admission slot and no registry
+//! lookup.
+//! `session.rs` runs each upgraded socket over `conn.rs` (socket I/O) and
+//! `codec/` (the RFC 6455 framing, pure); `auth.rs` checks its first frame.
 //! Outgoing messages are encoded by `crate::frames`.
 
 mod auth;
+mod codec;
 mod conn;
 mod handshake;
 mod limits;
@@ -19,11 +25,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use self::conn::Connection;
 
 pub use self::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
+/// The inbound WebSocket decoder, public for the fuzz target.
+pub use self::codec::{DecodeError, Decoded, Decoder, Inbound};
 use crate::cluster::Mode;
 use crate::metrics::Refusal;
 use crate::node::Node;
@@ -85,6 +92,12 @@ async fn upgrade(
     State(Public { node, admissions }): State<Public>,
     mut request: Request,
 ) -> Response {
+    // The WebSocket headers first: a request that is no handshake costs no
+    // admission slot and no registry lookup (a Redis GET in cluster mode).
+    let accept = match handshake::accept(request.method(), request.headers()) {
+        Ok(accept) => accept,
+        Err(not_a_handshake) => return not_a_handshake.into_response(),
+    };
     let Some(topic) = query_value(request.uri().query(), "topic").filter(|t| !t.is_empty()) else {
         node.metrics().refused(Refusal::BadRequest);
         return plain(StatusCode::BAD_REQUEST, "missing topic");
@@ -115,10 +128,6 @@ async fn upgrade(
         node.metrics().refused(Refusal::NotRegistered);
         return plain(StatusCode::NOT_FOUND, "topic not registered");
     };
-    let accept = match handshake::accept(request.method(), request.headers()) {
-        Ok(accept) => accept,
-        Err(not_a_handshake) => return not_a_handshake.into_response(),
-    };
     node.metrics().upgrades.fetch_add(1, Ordering::Relaxed);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session_node = Arc::clone(&node);
@@ -132,12 +141,7 @@ async fn upgrade(
                 return;
             }
         };
-        // The public listener serves plain TCP streams, so this holds.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
-        };
-        let conn = Connection::new(parts.io.into_inner(), parts.read_buf, MAX_INBOUND_MESSAGE);
+        let conn = Connection::new(TokioIo::new(upgraded), MAX_INBOUND_MESSAGE);
         session::run(conn, session_node, topic, meta).await;
         drop(admission);
     });
@@ -175,7 +179,87 @@ pub(crate) fn session_future_for_size(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+    use tower::ServiceExt;
+
     use super::*;
+    use crate::registry::TopicMeta;
+
+    const HANDSHAKE: [(&str, &str); 4] = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    /// The public router of a fresh node (`extra`: YAML) with topic `t` registered.
+    async fn public_router(extra: &str) -> Router {
+        let yaml = format!("worker_secret: \"0123456789abcdef0123456789abcdef\"\n{extra}");
+        let config = crate::config::Config::from_yaml(&yaml)
+            .expect("config")
+            .config;
+        let node = Node::new(config).expect("node");
+        node.registry()
+            .register("t", TopicMeta::default())
+            .await
+            .expect("register");
+        router(node)
+    }
+
+    /// The status (and `Sec-WebSocket-Version`) that `GET uri` with `headers` gets.
+    async fn answer(
+        router: &Router,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Option<HeaderValue>) {
+        let mut request = axum::http::Request::builder().uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(axum::body::Body::empty()).expect("request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let version = response.headers().get(header::SEC_WEBSOCKET_VERSION);
+        (response.status(), version.cloned())
+    }
+
+    #[tokio::test]
+    async fn the_handshake_is_checked_before_admission_and_the_registry() {
+        let router = public_router("limits:\n  connect_rate_per_ip: 1\n").await;
+        // Not handshakes: 400 whatever the topic, and no rate-limit slot used.
+        for uri in ["/ws?topic=t", "/ws?topic=unknown", "/ws", "/ws?topic=t"] {
+            let (status, _) = answer(&router, uri, &[]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        }
+        let mut other_version = HANDSHAKE;
+        other_version[2].1 = "8";
+        assert_eq!(
+            answer(&router, "/ws?topic=unknown", &other_version).await,
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                Some(HeaderValue::from_static("13"))
+            )
+        );
+        let (status, _) = answer(&router, "/ws?topic=t", &HANDSHAKE[..3]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key");
+        // Handshakes: then the topic, the limits, the registry, as before.
+        let (status, _) = answer(&router, "/ws", &HANDSHAKE).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "no topic");
+        let (status, _) = answer(&router, "/ws?topic=t", &HANDSHAKE).await;
+        assert_eq!(
+            status,
+            StatusCode::SWITCHING_PROTOCOLS,
+            "this second's one slot"
+        );
+        let (status, _) = answer(&router, "/ws?topic=unknown", &HANDSHAKE).await;
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "limits before the registry"
+        );
+        let router = public_router("").await;
+        let (status, _) = answer(&router, "/ws?topic=unknown", &HANDSHAKE).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn topic_from_query() {

@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
-use super::conn::{Connection, Inbound, ReadError};
+use super::codec::{DecodeError, Inbound};
+use super::conn::{Connection, ReadError};
 use crate::frames;
 use crate::hub::{Frame, Outgoing};
 use crate::metrics::Refusal;
@@ -104,7 +105,8 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                         }
                     }
                     Inbound::Close(code) => {
-                        close_with(&mut conn, reply_code(code), "").await;
+                        let (code, reason) = reply_to_close(code);
+                        close_with(&mut conn, code, reason).await;
                         return;
                     }
                     Inbound::Text(text)
@@ -176,7 +178,8 @@ async fn authenticate(
             }
             Ok(Ok(Inbound::Pong)) => {}
             Ok(Ok(Inbound::Close(code))) => {
-                close_with(conn, reply_code(code), "").await;
+                let (code, reason) = reply_to_close(code);
+                close_with(conn, code, reason).await;
                 return None;
             }
         }
@@ -215,12 +218,23 @@ fn wants_status(text: &[u8]) -> bool {
         .is_ok_and(|fields| fields.get("type").and_then(|t| t.as_str()) == Some("status"))
 }
 
-/// The code to answer a peer's close with: its own, or 1000.
-fn reply_code(code: Option<u16>) -> u16 {
+/// The close (code, reason) that answers a peer's close: its own code when
+/// a peer may send it, 1000 when it sent none, and 1002 for a code no
+/// endpoint may put on the wire (RFC 6455 section 7.4): undefined (below
+/// 1000, 1016-2999, 5000 and up), reserved (1004) or only for reporting a
+/// close locally (1005, 1006, 1015).
+fn reply_to_close(code: Option<u16>) -> (u16, &'static str) {
     match code {
-        Some(code) if (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015) => code,
-        _ => close::NORMAL,
+        None => (close::NORMAL, ""),
+        Some(code) if is_sendable_close_code(code) => (code, ""),
+        Some(_) => (close::PROTOCOL_ERROR, "invalid close code"),
     }
+}
+
+/// The RFC's codes (1000-1003, 1007-1011), those IANA registered since
+/// (1012-1014), and those for libraries and applications (3000-4999).
+fn is_sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Writes one text frame within the write deadline.
@@ -248,17 +262,47 @@ async fn close_with(conn: &mut Connection, code: u16, reason: &'static str) {
 async fn fail(conn: &mut Connection, node: &Node, error: ReadError) {
     match error {
         ReadError::Gone => {}
-        ReadError::TooBig => {
+        ReadError::Invalid(DecodeError::TooBig) => {
             node.metrics()
                 .oversize_messages
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!("inbound message over 4 KiB");
             close_with(conn, close::TOO_BIG, "message too big").await;
         }
-        ReadError::Protocol(problem) => {
+        ReadError::Invalid(DecodeError::Protocol(problem)) => {
             tracing::debug!(problem, "websocket protocol error");
             close_with(conn, close::PROTOCOL_ERROR, "protocol error").await;
         }
-        ReadError::InvalidUtf8 => close_with(conn, close::INVALID_DATA, "invalid utf-8").await,
+        ReadError::Invalid(DecodeError::InvalidUtf8) => {
+            close_with(conn, close::INVALID_DATA, "invalid utf-8").await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_close_codes_are_echoed() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4000, 4999,
+        ] {
+            assert_eq!(reply_to_close(Some(code)), (code, ""), "{code}");
+        }
+        assert_eq!(reply_to_close(None), (close::NORMAL, ""), "no code: 1000");
+    }
+
+    #[test]
+    fn invalid_close_codes_are_answered_with_1002() {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                reply_to_close(Some(code)).0,
+                close::PROTOCOL_ERROR,
+                "{code}"
+            );
+        }
     }
 }

@@ -63,8 +63,11 @@ async fn per_address_limits_answer_429_and_node_limit_503() {
     node.register("lim", false).await;
     let _a = node.socket("lim", 0).await;
     let _b = node.socket("lim", 0).await;
-    let (code, _) = http(node.ws, "GET", "/ws?topic=lim", None, None).await;
-    assert_eq!(code, 429, "third socket from one address");
+    assert_eq!(
+        handshake_status(node.ws, "lim").await,
+        429,
+        "third socket from one address"
+    );
     drop(_a);
     node.wait_status(Duration::from_secs(5), "socket released", |s| {
         s["connected_sockets"] == 1
@@ -76,20 +79,37 @@ async fn per_address_limits_answer_429_and_node_limit_503() {
     full.register("full", false).await;
     let _d = full.socket("full", 0).await;
     let _e = full.socket("full", 0).await;
-    assert_eq!(
-        http(full.ws, "GET", "/ws?topic=full", None, None).await.0,
-        503,
-        "node full"
-    );
+    assert_eq!(handshake_status(full.ws, "full").await, 503, "node full");
 
     let rate = TestNode::start("limits:\n  connect_rate_per_ip: 3").await;
     rate.register("r", false).await;
+    // Not WebSocket requests get 400 before admission: they use no slot.
+    for _ in 0..5 {
+        assert_eq!(http(rate.ws, "GET", "/ws?topic=r", None, None).await.0, 400);
+    }
     let mut codes = Vec::new();
     for _ in 0..5 {
-        codes.push(http(rate.ws, "GET", "/ws?topic=r", None, None).await.0);
+        codes.push(handshake_status(rate.ws, "r").await);
     }
-    // Not WebSocket requests: admitted ones get 400, refused ones 429.
-    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 2, "{codes:?}");
+    assert_eq!(codes, [101, 101, 101, 429, 429]);
+}
+
+/// The status a WebSocket handshake for `topic` gets; the socket is dropped.
+async fn handshake_status(addr: std::net::SocketAddr, topic: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws?topic={topic} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut status_line = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut status_line))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&status_line[9..]).parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

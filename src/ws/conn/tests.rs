@@ -1,44 +1,83 @@
+//! The socket side only: reads in any split, buffers freed, frames written.
+//! The protocol rules are tested beside the codec.
+
+use std::convert::Infallible;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::ws::codec::testing::masked;
 
 const MAX: usize = 4096;
+const TEXT: u8 = 0x1;
+const CONTINUATION: u8 = 0x0;
+const PING: u8 = 0x9;
+const CLOSE: u8 = 0x8;
 
-/// A connected pair: the server side as a `Connection`, the client as a raw socket.
-async fn pair() -> (Connection, TcpStream) {
+/// A connected pair: the server side as the `Connection` the public
+/// listener builds (hyper's upgraded stream), the client as a raw socket.
+/// `early` goes out with the upgrade request, as a client may send it.
+async fn upgraded(early: &[u8]) -> (Connection, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let client = TcpStream::connect(addr).await.expect("connect");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let mut request =
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec();
+    request.extend_from_slice(early);
+    client.write_all(&request).await.expect("request");
     let (server, _) = listener.accept().await.expect("accept");
-    (Connection::new(server, Bytes::new(), MAX), client)
+    let (upgrade_tx, upgrade_rx) = tokio::sync::oneshot::channel();
+    let upgrade_tx = std::sync::Mutex::new(Some(upgrade_tx));
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            if let Some(tx) = upgrade_tx.lock().expect("lock").take() {
+                let _ = tx.send(hyper::upgrade::on(&mut request));
+            }
+            let response = hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(http_body_util::Empty::<Bytes>::new());
+            async move { Ok::<_, Infallible>(response.expect("response")) }
+        });
+    tokio::spawn(
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), service)
+            .with_upgrades(),
+    );
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(client.read_u8().await.expect("101 head"));
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let upgraded = upgrade_rx.await.expect("request").await.expect("upgrade");
+    (Connection::new(TokioIo::new(upgraded), MAX), client)
 }
 
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+async fn pair() -> (Connection, TcpStream) {
+    upgraded(b"").await
 }
 
 #[tokio::test]
-async fn single_and_fragmented_messages_with_a_ping_between() {
+async fn writes_stay_vectored_through_the_upgrade() {
+    let (conn, _client) = pair().await;
+    assert!(
+        conn.stream.is_write_vectored(),
+        "header and shared payload go out in one writev"
+    );
+}
+
+#[tokio::test]
+async fn messages_arrive_in_any_split_and_no_buffer_stays() {
     let (mut conn, mut client) = pair().await;
     client
-        .write_all(&frame(true, OP_TEXT, b"hello"))
+        .write_all(&masked(true, TEXT, b"hello"))
         .await
         .expect("write");
     assert_eq!(
@@ -46,10 +85,10 @@ async fn single_and_fragmented_messages_with_a_ping_between() {
         Inbound::Text(b"hello".to_vec())
     );
 
-    let mut bytes = frame(false, OP_TEXT, b"{\"type\":");
-    bytes.extend(frame(true, OP_PING, b"mid"));
-    bytes.extend(frame(false, OP_CONTINUATION, b"\"auth\""));
-    bytes.extend(frame(true, OP_CONTINUATION, b"}"));
+    let mut bytes = masked(false, TEXT, b"{\"type\":");
+    bytes.extend(masked(true, PING, b"mid"));
+    bytes.extend(masked(false, CONTINUATION, b"\"auth\""));
+    bytes.extend(masked(true, CONTINUATION, b"}"));
     // byte by byte, to exercise partial frames
     for b in bytes {
         client.write_all(&[b]).await.expect("write");
@@ -62,81 +101,54 @@ async fn single_and_fragmented_messages_with_a_ping_between() {
         conn.recv().await.expect("text"),
         Inbound::Text(b"{\"type\":\"auth\"}".to_vec())
     );
-    assert!(
-        conn.inbound.capacity() == 0,
+    assert_eq!(
+        conn.decoder.buffered(),
+        0,
         "an idle connection holds no read buffer"
     );
 }
 
 #[tokio::test]
-async fn size_limit_is_per_message_with_fragments_summed() {
+async fn decode_errors_end_reading() {
     let (mut conn, mut client) = pair().await;
     client
-        .write_all(&frame(true, OP_BINARY, &vec![7u8; MAX]))
+        .write_all(&masked(true, TEXT, &vec![b'a'; MAX + 1]))
         .await
         .expect("write");
-    assert_eq!(
-        conn.recv().await.expect("exactly the limit"),
-        Inbound::Binary(vec![7u8; MAX])
-    );
-    client
-        .write_all(&frame(true, OP_TEXT, &vec![b'a'; MAX + 1]))
-        .await
-        .expect("write");
-    assert!(matches!(conn.recv().await, Err(ReadError::TooBig)));
-
+    assert!(matches!(
+        conn.recv().await,
+        Err(ReadError::Invalid(DecodeError::TooBig))
+    ));
     let (mut conn, mut client) = pair().await;
-    client
-        .write_all(&frame(false, OP_TEXT, &vec![b'a'; 3000]))
-        .await
-        .expect("write");
-    client
-        .write_all(&frame(true, OP_CONTINUATION, &vec![b'a'; 1200]))
-        .await
-        .expect("write");
-    assert!(matches!(conn.recv().await, Err(ReadError::TooBig)));
+    client.write_all(&[0x81, 0x01, b'x']).await.expect("write");
+    assert!(matches!(
+        conn.recv().await,
+        Err(ReadError::Invalid(DecodeError::Protocol(_)))
+    ));
 }
 
 #[tokio::test]
-async fn protocol_violations() {
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("unmasked", vec![0x81, 0x01, b'x']),
-        ("reserved opcode", frame(true, 0x3, b"x")),
-        ("rsv1", {
-            let mut f = frame(true, OP_TEXT, b"x");
-            f[0] |= 0x40;
-            f
-        }),
-        ("fragmented ping", frame(false, OP_PING, b"x")),
-        ("continuation first", frame(true, OP_CONTINUATION, b"x")),
-        ("new message mid-fragment", {
-            let mut f = frame(false, OP_TEXT, b"a");
-            f.extend(frame(true, OP_TEXT, b"b"));
-            f
-        }),
-        ("one-byte close", frame(true, OP_CLOSE, b"x")),
-    ];
-    for (label, bytes) in cases {
-        let (mut conn, mut client) = pair().await;
-        client.write_all(&bytes).await.expect("write");
-        assert!(
-            matches!(conn.recv().await, Err(ReadError::Protocol(_))),
-            "{label}"
-        );
-    }
-    let (mut conn, mut client) = pair().await;
+async fn bytes_read_past_the_upgrade_request_come_first() {
+    let (mut conn, mut client) = upgraded(&masked(true, TEXT, b"early")).await;
     client
-        .write_all(&frame(true, OP_TEXT, &[0xff, 0xfe]))
+        .write_all(&masked(true, TEXT, b"later"))
         .await
         .expect("write");
-    assert!(matches!(conn.recv().await, Err(ReadError::InvalidUtf8)));
+    assert_eq!(
+        conn.recv().await.expect("1"),
+        Inbound::Text(b"early".to_vec())
+    );
+    assert_eq!(
+        conn.recv().await.expect("2"),
+        Inbound::Text(b"later".to_vec())
+    );
 }
 
 #[tokio::test]
 async fn close_and_eof() {
     let (mut conn, mut client) = pair().await;
     client
-        .write_all(&frame(true, OP_CLOSE, &1000u16.to_be_bytes()))
+        .write_all(&masked(true, CLOSE, &1000u16.to_be_bytes()))
         .await
         .expect("write");
     assert_eq!(
@@ -195,6 +207,22 @@ async fn close_sends_code_and_reason() {
         closer.await.expect("join").is_ok(),
         "close returns once the peer is gone"
     );
+}
+
+#[tokio::test]
+async fn a_long_close_reason_is_cut_at_a_char_boundary() {
+    let (mut conn, mut client) = pair().await;
+    let reason = "é".repeat(100); // 200 bytes; 61 characters fit in 123
+    let closer = tokio::spawn(async move {
+        tokio::time::timeout(std::time::Duration::from_secs(2), conn.close(1000, &reason)).await
+    });
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.expect("read until FIN");
+    assert_eq!(&got[..2], &[0x88, 2 + 122]);
+    assert_eq!(&got[2..4], &[0x03, 0xE8]);
+    assert_eq!(std::str::from_utf8(&got[4..]), Ok("é".repeat(61).as_str()));
+    drop(client);
+    assert!(closer.await.expect("join").is_ok());
 }
 
 #[tokio::test]
