@@ -206,7 +206,7 @@ impl Config {
         };
         for key in KEYS {
             if let Some(value) = env(&env_name(key)) {
-                values.insert((*key).to_string(), serde_yaml::Value::String(value));
+                values.insert((*key).to_string(), yaml_serde::Value::String(value));
             }
         }
         Self::from_values(values, generate_secret)
@@ -222,7 +222,7 @@ impl Config {
     }
 
     fn from_values(
-        mut values: BTreeMap<String, serde_yaml::Value>,
+        mut values: BTreeMap<String, yaml_serde::Value>,
         may_generate_secret: bool,
     ) -> Result<Loaded, ConfigError> {
         let mut take = |key: &str| values.remove(key).filter(|v| !v.is_null());
@@ -620,7 +620,7 @@ fn log_filter(text: &str) -> (String, Option<String>) {
     (directives.join(","), None)
 }
 
-fn file_path(value: Option<serde_yaml::Value>, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+fn file_path(value: Option<yaml_serde::Value>, key: &str) -> Result<Option<PathBuf>, ConfigError> {
     let Some(value) = value else {
         return Ok(None);
     };
@@ -669,18 +669,18 @@ fn binds_overlap(a: &str, b: &str) -> bool {
     any(a) || any(b) || a == b || (loopback(a) && loopback(b))
 }
 
-fn flatten_yaml(text: &str) -> Result<BTreeMap<String, serde_yaml::Value>, String> {
-    let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+fn flatten_yaml(text: &str) -> Result<BTreeMap<String, yaml_serde::Value>, String> {
+    let document: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     match document {
-        serde_yaml::Value::Null => {}
-        serde_yaml::Value::Mapping(map) => {
+        yaml_serde::Value::Null => {}
+        yaml_serde::Value::Mapping(map) => {
             for (key, value) in map {
                 let key = yaml_key(&key)?;
                 // Only skywave's own sections nest; any other mapping value is
                 // kept whole and reported by its top-level key.
                 match value {
-                    serde_yaml::Value::Mapping(inner) if key == "redis" || key == "limits" => {
+                    yaml_serde::Value::Mapping(inner) if key == "redis" || key == "limits" => {
                         for (inner_key, inner_value) in inner {
                             out.insert(format!("{key}.{}", yaml_key(&inner_key)?), inner_value);
                         }
@@ -696,20 +696,20 @@ fn flatten_yaml(text: &str) -> Result<BTreeMap<String, serde_yaml::Value>, Strin
     Ok(out)
 }
 
-fn yaml_key(key: &serde_yaml::Value) -> Result<String, String> {
+fn yaml_key(key: &yaml_serde::Value) -> Result<String, String> {
     match key {
-        serde_yaml::Value::String(s) => Ok(s.clone()),
-        serde_yaml::Value::Number(n) => Ok(n.to_string()),
-        serde_yaml::Value::Bool(b) => Ok(b.to_string()),
+        yaml_serde::Value::String(s) => Ok(s.clone()),
+        yaml_serde::Value::Number(n) => Ok(n.to_string()),
+        yaml_serde::Value::Bool(b) => Ok(b.to_string()),
         other => Err(format!("unsupported key {other:?}")),
     }
 }
 
-fn string(value: serde_yaml::Value, key: &str) -> Result<String, ConfigError> {
+fn string(value: yaml_serde::Value, key: &str) -> Result<String, ConfigError> {
     match value {
-        serde_yaml::Value::String(s) => Ok(s),
-        serde_yaml::Value::Number(n) => Ok(n.to_string()),
-        serde_yaml::Value::Bool(b) => Ok(b.to_string()),
+        yaml_serde::Value::String(s) => Ok(s),
+        yaml_serde::Value::Number(n) => Ok(n.to_string()),
+        yaml_serde::Value::Bool(b) => Ok(b.to_string()),
         other => Err(key_error(
             key,
             format!("expected a string, got {}", kind(&other)),
@@ -717,24 +717,24 @@ fn string(value: serde_yaml::Value, key: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn kind(value: &serde_yaml::Value) -> &'static str {
+fn kind(value: &yaml_serde::Value) -> &'static str {
     match value {
-        serde_yaml::Value::Null => "nothing",
-        serde_yaml::Value::Bool(_) => "a boolean",
-        serde_yaml::Value::Number(_) => "a number",
-        serde_yaml::Value::String(_) => "a string",
-        serde_yaml::Value::Sequence(_) => "a list",
-        serde_yaml::Value::Mapping(_) => "a mapping",
-        serde_yaml::Value::Tagged(_) => "a tagged value",
+        yaml_serde::Value::Null => "nothing",
+        yaml_serde::Value::Bool(_) => "a boolean",
+        yaml_serde::Value::Number(_) => "a number",
+        yaml_serde::Value::String(_) => "a string",
+        yaml_serde::Value::Sequence(_) => "a list",
+        yaml_serde::Value::Mapping(_) => "a mapping",
+        yaml_serde::Value::Tagged(_) => "a tagged value",
     }
 }
 
-fn unsigned(value: serde_yaml::Value, key: &str) -> Result<u64, ConfigError> {
+fn unsigned(value: yaml_serde::Value, key: &str) -> Result<u64, ConfigError> {
     match &value {
-        serde_yaml::Value::Number(n) => n
+        yaml_serde::Value::Number(n) => n
             .as_u64()
             .ok_or_else(|| key_error(key, format!("expected a whole number >= 0, got {n}"))),
-        serde_yaml::Value::String(s) => s
+        yaml_serde::Value::String(s) => s
             .trim()
             .parse::<u64>()
             .map_err(|_| key_error(key, format!("expected a whole number >= 0, got {s:?}"))),
@@ -745,7 +745,7 @@ fn unsigned(value: serde_yaml::Value, key: &str) -> Result<u64, ConfigError> {
     }
 }
 
-fn port(value: Option<serde_yaml::Value>, key: &str, default: u16) -> Result<u16, ConfigError> {
+fn port(value: Option<yaml_serde::Value>, key: &str, default: u16) -> Result<u16, ConfigError> {
     match value {
         None => Ok(default),
         Some(value) => {
@@ -757,7 +757,7 @@ fn port(value: Option<serde_yaml::Value>, key: &str, default: u16) -> Result<u16
 }
 
 fn count(
-    value: Option<serde_yaml::Value>,
+    value: Option<yaml_serde::Value>,
     key: &str,
     default: usize,
 ) -> Result<usize, ConfigError> {
@@ -770,7 +770,7 @@ fn count(
     }
 }
 
-fn bind(value: Option<serde_yaml::Value>, key: &str, default: &str) -> Result<String, ConfigError> {
+fn bind(value: Option<yaml_serde::Value>, key: &str, default: &str) -> Result<String, ConfigError> {
     let Some(value) = value else {
         return Ok(default.to_string());
     };
@@ -789,7 +789,7 @@ fn bind(value: Option<serde_yaml::Value>, key: &str, default: &str) -> Result<St
 }
 
 fn positive_duration(
-    value: Option<serde_yaml::Value>,
+    value: Option<yaml_serde::Value>,
     key: &str,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
@@ -797,8 +797,8 @@ fn positive_duration(
         return Ok(default);
     };
     let text = match value {
-        serde_yaml::Value::String(s) => s,
-        serde_yaml::Value::Number(n) => {
+        yaml_serde::Value::String(s) => s,
+        yaml_serde::Value::Number(n) => {
             return Err(key_error(
                 key,
                 format!("{n} has no unit; write a Go duration such as 24h, 90m, 1h30m or 45s"),
@@ -821,9 +821,9 @@ fn positive_duration(
     Ok(duration)
 }
 
-fn ip_list(value: serde_yaml::Value, key: &str) -> Result<Vec<IpAddr>, ConfigError> {
+fn ip_list(value: yaml_serde::Value, key: &str) -> Result<Vec<IpAddr>, ConfigError> {
     let items: Vec<String> = match value {
-        serde_yaml::Value::Sequence(items) => items
+        yaml_serde::Value::Sequence(items) => items
             .into_iter()
             .map(|item| string(item, key))
             .collect::<Result<_, _>>()?,

@@ -1,3 +1,8 @@
+//! The loader's rules, each through `Config::from_yaml` or `Config::load`
+//! as the service calls them; real Go worker files in `go_files.rs`.
+
+mod go_files;
+
 use super::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -160,11 +165,9 @@ fn a_secret_is_generated_only_when_allowed() {
 
 #[test]
 fn the_example_placeholder_is_not_a_secret() {
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config.example.yaml"
-    ))
-    .expect("config.example.yaml");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"))
+            .expect("config.example.yaml");
     assert_eq!(key_of(Config::from_yaml(&example)), "worker_secret");
     assert_eq!(
         key_of(load(
