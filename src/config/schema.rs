@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{read, show, Secret};
 
+/// Everything a node is configured with. Built only by the loader
+/// (`Config::load`, `Config::from_yaml`), which checks every value.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default = "Config::defaults")]
 pub struct Config {
