@@ -1,3 +1,13 @@
+//! The loader's rules, each through `Config::from_yaml` or `Config::load`
+//! as the service calls them; `schema.rs`'s derived keys in `keys.rs`, real
+//! Go worker files in `go_files.rs`.
+
+mod go_files;
+mod keys;
+
+use std::path::Path;
+use std::time::Duration;
+
 use super::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -130,7 +140,7 @@ fn env_overrides_every_key() {
     assert_eq!(c.worker_secret.expose(), "f".repeat(40));
     assert_eq!(c.redis.key_prefix, "x:");
     assert_eq!(c.limits.socket_queue, 7);
-    for key in KEYS {
+    for key in keys() {
         assert!(env_name(key).starts_with("SKYWAVE_"));
     }
     assert_eq!(
