@@ -23,6 +23,9 @@ use crate::node::Node;
 
 /// How long shutdown waits for sockets and tasks before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long open internal API connections keep answering (503) after
+/// shutdown began, so a publisher's late request gets an answer, not a reset.
+const INTERNAL_DRAIN: Duration = Duration::from_secs(1);
 /// How long the internal API's in-flight requests get at shutdown.
 const INTERNAL_GRACE: Duration = Duration::from_secs(2);
 const LISTEN_BACKLOG: i32 = 4096;
@@ -38,6 +41,7 @@ impl App {
     /// Builds the node and binds both listeners; nothing is served or
     /// spawned yet.
     pub async fn bind(config: Config) -> anyhow::Result<App> {
+        let config = crate::descriptors::fit(config);
         let node = match &config.redis_url {
             Some(url) => Node::new(config.clone())
                 .with_context(|| format!("redis_url {}", redact_url(url.expose())))?,
@@ -144,7 +148,7 @@ fn serve_internal(
                 };
                 let router = crate::http::router(Arc::clone(&node));
                 let connections = TaskTracker::new();
-                serve_connections(listener, router, &node, &connections).await;
+                serve_connections(listener, router, &node, &connections, INTERNAL_DRAIN).await;
                 // Requests in flight when shutdown began are answered before
                 // this runtime (and with it their tasks) goes away.
                 connections.close();
@@ -164,7 +168,7 @@ fn serve_internal(
 /// The public listener: connections (and upgraded sockets) on the node's
 /// tracker, which shutdown waits for.
 async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
-    serve_connections(listener, router, &node, node.tasks()).await;
+    serve_connections(listener, router, &node, node.tasks(), Duration::ZERO).await;
 }
 
 /// Accepts HTTP/1.1 connections for `router` (both listeners) with a
@@ -176,6 +180,7 @@ async fn serve_connections(
     router: axum::Router,
     node: &Node,
     tasks: &TaskTracker,
+    drain: Duration,
 ) {
     let header_timeout = node.config().limits.handshake_timeout;
     loop {
@@ -209,6 +214,12 @@ async fn serve_connections(
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = shutdown.cancelled() => {
+                    // Requests that still arrive on this open connection
+                    // during `drain` are answered (503 on the internal API),
+                    // not reset; then it closes once idle.
+                    if tokio::time::timeout(drain, connection.as_mut()).await.is_ok() {
+                        return;
+                    }
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
                 }

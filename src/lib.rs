@@ -16,6 +16,7 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod descriptors;
 pub mod dispatch;
 pub mod frames;
 pub mod http;

@@ -35,6 +35,9 @@ pub struct Node {
     tasks: TaskTracker,
     /// The fan-out task, until `start` spawns it.
     fanout: Mutex<Option<Task>>,
+    /// Set at the very start of `stop`: new internal API requests are
+    /// answered 503 from then on, while what is in flight finishes.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// The publish target is not registered (or expired).
@@ -129,6 +132,7 @@ impl Node {
             shutdown,
             tasks: TaskTracker::new(),
             fanout: Mutex::new(Some(Box::pin(fanout))),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -147,13 +151,20 @@ impl Node {
         }
     }
 
-    /// Leaves the roster (cluster mode) and tells every task to stop.
+    /// Refuses new work, leaves the roster (cluster mode) and tells every
+    /// task to stop.
     pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
         self.shutdown.cancel();
         self.tasks.close();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub fn config(&self) -> &Config {
@@ -315,6 +326,9 @@ impl Node {
             registered_topics: self.registry.last_count() as u64,
             uptime_seconds: self.uptime_seconds(),
             mode: self.mode().as_str(),
+            max_sockets: self.config.limits.max_sockets as u64,
+            fd_limit: crate::descriptors::limit().map(|limit| limit.now),
+            open_fds: crate::descriptors::open(),
             cluster,
         }
     }

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         let back = skywave::broker::decode_envelope(again.as_bytes()).expect("re-encoded envelope decodes");
         assert_eq!(back.topic, envelope.topic);
         assert_eq!(back.payload.get(), envelope.payload.get());
-        let frame = skywave::ws::push_frame(&envelope.payload);
+        let frame = skywave::frames::push(&envelope.payload);
         assert!(serde_json_valid(&frame));
     }
 });

@@ -20,6 +20,8 @@ pub enum ApiError {
     RegistryRefused,
     /// The body did not arrive in time (a client fault: 408, not 503).
     BodyTimeout,
+    /// A request that arrived after shutdown began (and `Connection: close`).
+    ShuttingDown,
 }
 
 impl IntoResponse for ApiError {
@@ -38,6 +40,7 @@ impl IntoResponse for ApiError {
             ApiError::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, *why),
             ApiError::RegistryRefused => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable"),
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timeout"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         };
         let mut response = (
             status,
@@ -45,6 +48,11 @@ impl IntoResponse for ApiError {
             format!("{body}\n"),
         )
             .into_response();
+        if let ApiError::ShuttingDown = self {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::MethodNotAllowed(allowed) = self {
             if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
                 response.headers_mut().insert(header::ALLOW, value);

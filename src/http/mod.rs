@@ -80,6 +80,10 @@ async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> R
     if !is_open(path) && !secret_matches(request.headers(), node.config().worker_secret.expose()) {
         return ApiError::Forbidden.into_response();
     }
+    if node.is_stopping() && !is_open(path) {
+        // Answered, never reset: the publisher learns this node is going.
+        return ApiError::ShuttingDown.into_response();
+    }
     if declared_too_large(request.headers()) {
         return ApiError::PayloadTooLarge.into_response();
     }
@@ -177,7 +181,7 @@ async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Res
 /// Go 0.3.0's readiness: 200 while the node can serve; 503 while a
 /// configured Redis is unreachable (degraded) and once shutdown has begun.
 async fn readyz(State(node): State<Arc<Node>>) -> Result<&'static str, ApiError> {
-    if node.shutdown().is_cancelled() {
+    if node.is_stopping() {
         return Err(ApiError::NotReady("shutting down"));
     }
     match node.mode() {

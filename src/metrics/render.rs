@@ -16,6 +16,10 @@ pub struct Snapshot {
     pub registered_topics: u64,
     pub uptime_seconds: u64,
     pub mode: &'static str,
+    /// The socket cap in force (`limits.max_sockets`, fitted to the fd limit).
+    pub max_sockets: u64,
+    pub fd_limit: Option<u64>,
+    pub open_fds: Option<u64>,
     pub cluster: Option<ClusterSnapshot>,
 }
 
@@ -65,8 +69,29 @@ impl Metrics {
                 "seconds since start",
                 snapshot.uptime_seconds,
             ),
+            (
+                "skywave_max_sockets",
+                "sockets this node admits before answering 503 (fitted to the file descriptor limit)",
+                snapshot.max_sockets,
+            ),
         ] {
             gauge(&mut out, name, help, value);
+        }
+        if let Some(limit) = snapshot.fd_limit {
+            gauge(
+                &mut out,
+                "skywave_fd_limit",
+                "file descriptors this process may open (soft limit, raised to the hard one at start)",
+                limit,
+            );
+        }
+        if let Some(open) = snapshot.open_fds {
+            gauge(
+                &mut out,
+                "skywave_open_fds",
+                "file descriptors open now",
+                open,
+            );
         }
         for (name, help, value) in [
             (

@@ -244,3 +244,174 @@ async fn during_an_outage_a_node_still_knows_the_topics_registered_elsewhere() {
     }
     assert_eq!(b.publish("never-registered", &json!(0)).await, 404);
 }
+
+/// Reads one HTTP response (head and Content-Length body) off a keep-alive
+/// connection; `None` if the connection was closed or reset instead.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                return Some(String::from_utf8_lossy(&raw[..end + 4 + length]).to_string());
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_requests_in_flight_are_answered_and_late_ones_get_503_not_a_reset() {
+    use tokio::io::AsyncWriteExt;
+    let mut redis = RedisServer::start();
+    let dir = tempdir("shutdown-api");
+    let node = BinaryNode::start(
+        &dir,
+        "a",
+        &format!(
+            "redis_url: \"{}\"\nredis:\n  command_timeout: 1s",
+            redis.url()
+        ),
+    )
+    .await;
+    node.wait_status(Duration::from_secs(10), "cluster", |s| {
+        s["mode"] == "cluster"
+    })
+    .await;
+    node.register("late", false).await;
+    let secret = crate::support::SECRET;
+    let publish = |n: u32| {
+        let body = format!("{{\"topic\":\"late\",\"payload\":{n}}}");
+        format!(
+            "POST /internal/publish HTTP/1.1\r\nHost: x\r\nX-Worker-Secret: {secret}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // A keep-alive connection that a publisher holds open.
+    let mut held = tokio::net::TcpStream::connect(node.internal).await.unwrap();
+    held.write_all(publish(1).as_bytes()).await.unwrap();
+    let first = read_response(&mut held).await.expect("an answer");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    // A status call in flight when the signal comes (Redis hangs, so its
+    // count waits for the command timeout): it is still answered.
+    redis.pause(true);
+    let internal = node.internal;
+    let in_flight = tokio::spawn(async move {
+        crate::support::http(internal, "GET", "/internal/status", None, Some(secret)).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.process.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A publish arriving on the open connection just after the signal.
+    held.write_all(publish(2).as_bytes()).await.unwrap();
+    let late = read_response(&mut held).await;
+    redis.pause(false);
+    let (code, body) = in_flight.await.unwrap();
+    assert_eq!(code, 200, "the request in flight is answered: {body}");
+    let late = late.expect("an answer on the open connection, not a reset");
+    assert!(late.starts_with("HTTP/1.1 503"), "{late}");
+    assert!(late.contains("shutting down"), "{late}");
+    let mut process = node.process;
+    assert!(
+        process.wait_exit(Duration::from_secs(10)).await.is_some(),
+        "exits within 10 s"
+    );
+    redis.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_cap_follows_the_fd_limit_and_the_internal_api_keeps_answering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir("fdlimit");
+    let (ws, internal) = (crate::support::free_port(), crate::support::free_port());
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "ws_bind: 127.0.0.1\nws_port: {ws}\ninternal_port: {internal}\n\
+             worker_secret: \"{}\"\n",
+            crate::support::SECRET
+        ),
+    )
+    .unwrap();
+    // Soft 300, hard 600: skywave raises the soft limit to 600 itself.
+    let binary = env!("CARGO_BIN_EXE_skywave");
+    let mut sh = std::process::Command::new("sh");
+    sh.current_dir(&dir)
+        .stdin(std::process::Stdio::null())
+        .args([
+            "-c",
+            &format!("ulimit -Sn 300 && ulimit -Hn 600 && exec {binary}"),
+        ]);
+    let process = crate::support::Process::spawn(sh, &dir, "skywave");
+    crate::support::wait_port(internal).await;
+    let node = crate::support::NodeClient {
+        ws: format!("127.0.0.1:{ws}").parse().unwrap(),
+        internal: format!("127.0.0.1:{internal}").parse().unwrap(),
+    };
+    let (_, metrics) = node.get("/metrics", None).await;
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(
+        gauge("skywave_fd_limit"),
+        600,
+        "the soft limit is raised to the hard one"
+    );
+    let cap = gauge("skywave_max_sockets");
+    assert_eq!(cap, 600 - skywave::descriptors::RESERVED);
+
+    node.register("crowd", false).await;
+    let upgrade = "GET /ws?topic=crowd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    let (mut upgraded, mut refused) = (0u64, 0u64);
+    let mut held = Vec::new();
+    for _ in 0..cap + 40 {
+        let mut stream = tokio::net::TcpStream::connect(node.ws).await.unwrap();
+        stream.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap_or(0);
+        let line = String::from_utf8_lossy(&answer[..n]).to_string();
+        if line.starts_with("HTTP/1.1 101") {
+            upgraded += 1;
+        } else if line.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        }
+        held.push(stream); // never authenticates
+    }
+    assert_eq!(
+        (upgraded, refused),
+        (cap, 40),
+        "503 past the cap, before the fds run out"
+    );
+    let started = Instant::now();
+    let status = node.status("").await;
+    assert!(status["status"] == "ok" && started.elapsed() < Duration::from_secs(1));
+    assert!(
+        !process.output().contains("accept failed"),
+        "accept never ran out of descriptors"
+    );
+}

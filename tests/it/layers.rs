@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("topic", 0),
     ("frames", 0),
     ("telemetry", 1),
+    ("descriptors", 1),
     ("metrics", 0),
     ("hub", 1),
     ("broker", 1),

@@ -232,7 +232,7 @@ async fn a_healthy_cluster_node_logs_its_first_join_as_a_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
     let dir = tempdir("tls");
-    let redis = RedisServer::start_tls(TlsFiles::generate(&dir.join("certs")));
+    let redis = RedisServer::start_tls(TlsFiles::generate(&dir.join("certs")), false);
     let certs = redis.tls().unwrap();
     let tls = |ca: &std::path::Path| {
         format!(
@@ -301,6 +301,36 @@ async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
     )
     .await;
     wait_cluster(&insecure, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate() {
+    let dir = tempdir("mtls");
+    let redis = RedisServer::start_tls(TlsFiles::generate(&dir.join("certs")), true);
+    let certs = redis.tls().unwrap();
+    let (cert, key) = certs.client_cert();
+    let with_cert = format!(
+        "redis_url: \"{}\"\nredis:\n  tls_ca_file: \"{}\"\n  tls_cert_file: \"{}\"\n  tls_key_file: \"{}\"",
+        redis.url(),
+        certs.ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let a = BinaryNode::start(&dir, "a", &with_cert).await;
+    let b = BinaryNode::start(&dir, "b", &with_cert).await;
+    wait_cluster(&a, 2).await;
+    publish_crosses(&a, &b, "mtls-room").await;
+    // The same server without a client certificate: refused, and it says so.
+    let without = format!(
+        "redis_url: \"{}\"\nredis:\n  tls_ca_file: \"{}\"",
+        redis.url(),
+        certs.ca.display()
+    );
+    let c = BinaryNode::start(&dir, "c", &without).await;
+    c.wait_status(WITHIN, "degraded without a client certificate", |s| {
+        s["mode"] == "degraded" && s["redis_error"].is_string()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,11 @@ pub struct RedisServer {
 
 enum Kind {
     Plain,
-    /// TLS only (no plain port), certificates signed by a CA of the test's own.
+    /// TLS only (no plain port), certificates signed by a CA of the test's
+    /// own; `clients` = client certificates required (mutual TLS).
     Tls {
         certs: TlsFiles,
+        clients: bool,
     },
     /// A unix socket only (no TCP port).
     Unix {
@@ -88,6 +90,54 @@ impl TlsFiles {
         }
     }
 
+    /// A client certificate and key signed by this CA (for mutual TLS).
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        let dir = &self.dir;
+        let (cert, key, csr, ext) = (
+            dir.join("client.pem"),
+            dir.join("client.key"),
+            dir.join("client.csr"),
+            dir.join("client.ext"),
+        );
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("ext file");
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &path(&key),
+            "-out",
+            &path(&csr),
+            "-subj",
+            "/CN=skywave test client",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(&self.ca),
+            "-CAkey",
+            &path(&dir.join("ca.key")),
+            "-CAcreateserial",
+            "-out",
+            &path(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            &path(&ext),
+        ]);
+        (cert, key)
+    }
+
     /// Another CA, which did not sign the server's certificate.
     pub fn unrelated_ca(&self) -> PathBuf {
         new_ca(&self.dir, "other-ca")
@@ -153,11 +203,12 @@ impl RedisServer {
         }
     }
 
-    /// A Redis that speaks TLS only, with certificates from `certs`.
-    pub fn start_tls(certs: TlsFiles) -> RedisServer {
+    /// A Redis that speaks TLS only, with certificates from `certs`;
+    /// `clients`: it also requires a client certificate from the same CA.
+    pub fn start_tls(certs: TlsFiles, clients: bool) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
-            kind: Kind::Tls { certs },
+            kind: Kind::Tls { certs, clients },
             child: None,
         };
         server.restart();
@@ -189,7 +240,7 @@ impl RedisServer {
 
     pub fn tls(&self) -> Option<&TlsFiles> {
         match &self.kind {
-            Kind::Tls { certs } => Some(certs),
+            Kind::Tls { certs, .. } => Some(certs),
             _ => None,
         }
     }
@@ -203,7 +254,7 @@ impl RedisServer {
             .collect();
         match &self.kind {
             Kind::Plain => args.extend(["--port".to_string(), port]),
-            Kind::Tls { certs } => args.extend(
+            Kind::Tls { certs, clients } => args.extend(
                 [
                     "--port",
                     "0",
@@ -216,7 +267,7 @@ impl RedisServer {
                     "--tls-ca-cert-file",
                     &path(&certs.ca),
                     "--tls-auth-clients",
-                    "no",
+                    if *clients { "yes" } else { "no" },
                 ]
                 .map(String::from),
             ),
