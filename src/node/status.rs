@@ -1,48 +1,15 @@
-//! One skywave node: composes the hub, the registry, the dispatcher, the
-//! metrics and (in cluster mode) the broker and the cluster membership, and
-//! offers the two operations both listeners need, publish and status. Its
-//! parts are reached through methods, never fields, and nothing runs until
-//! [`Node::start`] is called from `App::run`.
+//! What a node reports: the status answer (internal API and `worker.status`
+//! sockets) and the snapshot `/metrics` renders.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::broker::{Broker, BrokerError, Health};
-use crate::cluster::{Cluster, Mode, Parts};
-use crate::config::{format_go_seconds, Config};
-use crate::dispatch::Dispatcher;
-use crate::hub::Hub;
-use crate::metrics::{ClusterSnapshot, Metrics, Snapshot};
-use crate::registry::Registry;
-use crate::roster::{Identity, RosterEntry};
-
-type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-pub struct Node {
-    config: Config,
-    identity: Arc<Identity>,
-    hub: Arc<Hub>,
-    registry: Arc<Registry>,
-    cluster: Option<Arc<Cluster>>,
-    dispatcher: Dispatcher,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    /// The fan-out task, until `start` spawns it.
-    fanout: Mutex<Option<Task>>,
-    /// Set at the very start of `stop`: new internal API requests are
-    /// answered 503 from then on, while what is in flight finishes.
-    stopping: std::sync::atomic::AtomicBool,
-}
-
-/// The publish target is not registered (or expired).
-#[derive(Debug, PartialEq, Eq)]
-pub struct NotRegistered;
+use super::Node;
+use crate::cluster::Mode;
+use crate::config::format_go_seconds;
+use crate::metrics::{ClusterSnapshot, Snapshot};
+use crate::roster::RosterEntry;
 
 /// At most this many topics per list in one status answer; `?after=T`
 /// pages on from topic `T`.
@@ -94,141 +61,6 @@ pub struct StatusReport {
 }
 
 impl Node {
-    /// Builds the node from its configuration; nothing is connected or
-    /// spawned yet.
-    pub fn new(config: Config) -> Result<Arc<Self>, BrokerError> {
-        let shutdown = CancellationToken::new();
-        let identity = Arc::new(Identity::new(&config.node_name));
-        let hub = Hub::new(config.limits.socket_queue);
-        let metrics = Arc::new(Metrics::default());
-        let (dispatcher, fanout) =
-            Dispatcher::new(Arc::clone(&hub), Arc::clone(&metrics), shutdown.clone());
-        let shared = match &config.redis_url {
-            Some(url) => Some((
-                Arc::new(Broker::new(&config, url)?),
-                Arc::new(Health::default()),
-            )),
-            None => None,
-        };
-        let registry = Registry::new(config.topic_ttl, shared.clone());
-        let cluster = shared.map(|(broker, health)| {
-            Cluster::new(Parts {
-                broker,
-                health,
-                registry: Arc::clone(&registry),
-                dispatcher: dispatcher.clone(),
-                hub: Arc::clone(&hub),
-                identity: Arc::clone(&identity),
-            })
-        });
-        Ok(Arc::new(Node {
-            config,
-            identity,
-            hub,
-            registry,
-            cluster,
-            dispatcher,
-            metrics,
-            shutdown,
-            tasks: TaskTracker::new(),
-            fanout: Mutex::new(Some(Box::pin(fanout))),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-        }))
-    }
-
-    /// Starts the node's own tasks (fan-out, cluster) on its tracker.
-    pub fn start(&self) {
-        let fanout = self
-            .fanout
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(fanout) = fanout {
-            self.tasks.spawn(fanout);
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.spawn(&self.tasks, &self.shutdown);
-        }
-    }
-
-    /// Refuses new work, leaves the roster (cluster mode) and tells every
-    /// task to stop.
-    pub async fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        if let Some(cluster) = &self.cluster {
-            cluster.leave().await;
-        }
-        self.shutdown.cancel();
-        self.tasks.close();
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// 16 hex characters, random per process; also the envelopes' `origin_id`.
-    pub fn node_id(&self) -> &str {
-        &self.identity.id
-    }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    pub fn shutdown(&self) -> &CancellationToken {
-        &self.shutdown
-    }
-
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.tasks
-    }
-
-    pub fn mode(&self) -> Mode {
-        match &self.cluster {
-            None => Mode::Single,
-            Some(cluster) => cluster.mode(),
-        }
-    }
-
-    pub fn uptime_seconds(&self) -> u64 {
-        self.identity.uptime_seconds()
-    }
-
-    /// Delivers `payload` to the topic's sockets here and, in cluster mode,
-    /// on every other node. Returns once the frame is queued.
-    pub async fn publish(
-        &self,
-        topic: String,
-        payload: Box<RawValue>,
-    ) -> Result<(), NotRegistered> {
-        if self.registry.lookup(&topic).await.is_none() {
-            self.metrics
-                .publishes_not_registered
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(NotRegistered);
-        }
-        let frame = crate::frames::push(&payload);
-        if let Some(cluster) = &self.cluster {
-            cluster.publish(&topic, &payload);
-        }
-        self.dispatcher.dispatch(topic, frame).await;
-        self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     pub async fn status(&self, request: StatusRequest) -> StatusReport {
         let counts = self.hub.counts();
         let uptime = self.uptime_seconds();
