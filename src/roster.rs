@@ -1,21 +1,34 @@
 //! This node's identity and the node roster of Go 0.3.0 (the hash
 //! `<prefix>nodes`, so a mixed cluster shows every node): field = node id,
-//! value = a JSON entry rewritten every 5 s. A node is alive if seen in the
-//! last 15 s; entries unseen for 15 min, or dead ones whose host name has a
-//! live entry, are pruned; a node deletes its own entry on shutdown.
+//! value = a JSON entry rewritten every heartbeat (5 s). A node is alive if
+//! seen within the alive window (15 s); entries unseen for the prune window
+//! (15 min), or dead ones whose host name has a live entry, are pruned; a node
+//! deletes its own entry on shutdown (timings: `roster:` in the config).
+//!
+//! skywave entries also carry a `fingerprint` of the settings every node of a
+//! fleet must share (secret, `topic_ttl`, key prefix): an HMAC keyed with the
+//! secret, so it reveals nothing of it, yet equal secrets give equal values.
 
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::config::format_go_seconds;
+use crate::config::{format_go_seconds, Config, RosterSettings};
 use crate::hub::HubCounts;
 
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-pub const ALIVE_WINDOW: Duration = Duration::from_secs(15);
-pub const PRUNE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// How another node's settings compare with this node's.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigMatch {
+    Same,
+    Different,
+    /// No fingerprint (a Go node, or an older skywave).
+    Unknown,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
@@ -31,6 +44,12 @@ pub struct RosterEntry {
     pub alive: bool,
     pub uptime: String,
     pub uptime_seconds: u64,
+    /// skywave only: the fleet-settings fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Worked out by the reader (never stored): the fingerprint against its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_match: Option<ConfigMatch>,
 }
 
 /// Who this process is: its id (also the envelopes' `origin_id`), its name
@@ -38,23 +57,46 @@ pub struct RosterEntry {
 pub struct Identity {
     pub id: String,
     pub name: String,
+    pub fingerprint: String,
+    /// The roster's timing.
+    pub roster: RosterSettings,
     started: Instant,
     started_at: OffsetDateTime,
 }
 
 impl Identity {
-    /// A fresh random id; `name` empty = the host name.
-    pub fn new(name: &str) -> Identity {
+    /// A fresh random id; the name is `node_name`, or the host name.
+    pub fn new(config: &Config) -> Identity {
         Identity {
             id: hex::encode(rand::random::<[u8; 8]>()),
-            name: if name.is_empty() {
+            name: if config.node_name.is_empty() {
                 hostname()
             } else {
-                name.to_string()
+                config.node_name.clone()
             },
+            fingerprint: fingerprint(config),
+            roster: config.roster.clone(),
             started: Instant::now(),
             started_at: OffsetDateTime::now_utc(),
         }
+    }
+
+    /// Reads the roster hash with this node's rules: entries with `alive`
+    /// and `config_match` worked out, and the fields to prune.
+    pub fn evaluate(
+        &self,
+        raw: Vec<(String, String)>,
+        now: OffsetDateTime,
+    ) -> (Vec<RosterEntry>, Vec<String>) {
+        let (mut entries, prune) = evaluate(raw, now, &self.roster);
+        for entry in &mut entries {
+            entry.config_match = Some(match &entry.fingerprint {
+                None => ConfigMatch::Unknown,
+                Some(theirs) if *theirs == self.fingerprint => ConfigMatch::Same,
+                Some(_) => ConfigMatch::Different,
+            });
+        }
+        (entries, prune)
     }
 
     /// Uptime rounded to whole seconds, as Go's `Round(time.Second)` does.
@@ -78,8 +120,23 @@ impl Identity {
             alive: true,
             uptime: format_go_seconds(uptime),
             uptime_seconds: uptime,
+            fingerprint: Some(self.fingerprint.clone()),
+            config_match: None,
         }
     }
+}
+
+/// 16 hex characters of HMAC-SHA256(secret, the other shared settings).
+fn fingerprint(config: &Config) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(config.worker_secret.expose().as_bytes())
+    else {
+        return String::new();
+    };
+    mac.update(b"skywave fleet fingerprint v1\0");
+    mac.update(config.topic_ttl.as_millis().to_string().as_bytes());
+    mac.update(b"\0");
+    mac.update(config.redis.key_prefix.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..8])
 }
 
 pub fn rfc3339(at: OffsetDateTime) -> String {
@@ -97,6 +154,7 @@ pub fn age(entry: &RosterEntry, now: OffsetDateTime) -> Option<Duration> {
 pub fn evaluate(
     raw: Vec<(String, String)>,
     now: OffsetDateTime,
+    rules: &RosterSettings,
 ) -> (Vec<RosterEntry>, Vec<String>) {
     let mut entries: Vec<(String, RosterEntry, Option<Duration>)> = raw
         .into_iter()
@@ -106,7 +164,8 @@ pub fn evaluate(
                 entry.id = field.clone();
             }
             let age = age(&entry, now);
-            entry.alive = age.is_some_and(|a| a <= ALIVE_WINDOW);
+            entry.alive = age.is_some_and(|a| a <= rules.alive_window);
+            entry.config_match = None;
             (field, entry, age)
         })
         .collect();
@@ -117,7 +176,7 @@ pub fn evaluate(
         .collect();
     let mut prune = Vec::new();
     entries.retain(|(field, entry, age)| {
-        let stale = age.is_none_or(|a| a > PRUNE_AFTER);
+        let stale = age.is_none_or(|a| a > rules.prune_after);
         let replaced = !entry.alive && !entry.name.is_empty() && live_names.contains(&entry.name);
         if stale || replaced {
             prune.push(field.clone());
@@ -168,11 +227,68 @@ mod tests {
             entry("d", "host3", now - time::Duration::minutes(20)),
             ("e".to_string(), "not json".to_string()),
         ];
-        let (kept, prune) = evaluate(raw, now);
+        let (kept, prune) = evaluate(raw, now, &RosterSettings::default());
         let ids: Vec<(&str, bool)> = kept.iter().map(|e| (e.id.as_str(), e.alive)).collect();
         assert_eq!(ids, vec![("a", true), ("b", false)]);
         let mut prune = prune;
         prune.sort();
         assert_eq!(prune, vec!["c", "d", "e"]);
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    fn config(secret: &str, ttl: &str) -> Config {
+        let name = format!("node-{ttl}-{}", &secret[..3]);
+        Config::from_yaml(&format!(
+            "worker_secret: \"{secret}\"\ntopic_ttl: {ttl}\nnode_name: {name}\n"
+        ))
+        .expect("config")
+        .config
+    }
+
+    #[test]
+    fn fingerprints_compare_settings_without_revealing_the_secret() {
+        let secret = "fingerprint-secret-0123456789abcdef";
+        let a = Identity::new(&config(secret, "24h"));
+        let b = Identity::new(&config(secret, "24h"));
+        let other_ttl = Identity::new(&config(secret, "1h"));
+        let other_secret = Identity::new(&config("another-secret-0123456789abcdef0", "24h"));
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, other_ttl.fingerprint);
+        assert_ne!(a.fingerprint, other_secret.fingerprint);
+        assert_eq!(a.fingerprint.len(), 16);
+        assert!(!a.fingerprint.contains(&secret[..8]));
+
+        let go_entry = r#"{"id":"00000000000000aa","name":"go","seen_at":"2099-01-01T00:00:00Z"}"#;
+        let now = OffsetDateTime::now_utc();
+        let raw = vec![
+            (
+                b.id.clone(),
+                serde_json::to_string(&b.entry(HubCounts::default())).expect("json"),
+            ),
+            (
+                other_ttl.id.clone(),
+                serde_json::to_string(&other_ttl.entry(HubCounts::default())).expect("json"),
+            ),
+            ("00000000000000aa".to_string(), go_entry.to_string()),
+        ];
+        let (entries, _) = a.evaluate(raw, now);
+        let matches: std::collections::HashMap<&str, Option<ConfigMatch>> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.config_match))
+            .collect();
+        assert_eq!(matches[b.name.as_str()], Some(ConfigMatch::Same));
+        assert_eq!(
+            matches[other_ttl.name.as_str()],
+            Some(ConfigMatch::Different)
+        );
+        assert_eq!(
+            matches["go"],
+            Some(ConfigMatch::Unknown),
+            "a Go entry is unknown, not a mismatch"
+        );
     }
 }

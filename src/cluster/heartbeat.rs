@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, Mode};
-use crate::roster::{evaluate, HEARTBEAT};
+use crate::roster::ConfigMatch;
 
 /// How often the full copy of the cluster's registry is refreshed (lookups
 /// refresh single topics in between).
@@ -17,7 +17,8 @@ const COPY_EVERY: Duration = Duration::from_secs(30);
 impl Cluster {
     pub(super) async fn heartbeat_loop(self: Arc<Self>, shutdown: CancellationToken) {
         // The status topic must outlive short TTLs too.
-        let period = HEARTBEAT
+        let heartbeat = self.identity.roster.heartbeat;
+        let period = heartbeat
             .min(self.registry.ttl() / 2)
             .max(Duration::from_millis(200));
         let mut tick = tokio::time::interval(period);
@@ -45,7 +46,7 @@ impl Cluster {
                     }
                 }
             }
-            if last_presence.elapsed() >= HEARTBEAT - Duration::from_millis(100) {
+            if last_presence.elapsed() >= heartbeat.saturating_sub(Duration::from_millis(100)) {
                 last_presence = tokio::time::Instant::now();
                 self.write_presence().await;
                 // The count metrics report (status calls count on demand).
@@ -78,7 +79,12 @@ impl Cluster {
             return;
         }
         if let Ok(raw) = self.broker.roster().await {
-            let (_, prune) = evaluate(raw, time::OffsetDateTime::now_utc());
+            let (entries, prune) = self.identity.evaluate(raw, time::OffsetDateTime::now_utc());
+            let mismatches = entries
+                .iter()
+                .filter(|e| e.alive && e.config_match == Some(ConfigMatch::Different))
+                .count();
+            self.note_mismatches(mismatches);
             let prune: Vec<String> = prune
                 .into_iter()
                 .filter(|id| *id != self.identity.id)

@@ -25,7 +25,7 @@ use crate::broker::{Broker, Health};
 use crate::dispatch::Dispatcher;
 use crate::hub::Hub;
 use crate::registry::Registry;
-use crate::roster::{evaluate, Identity, RosterEntry};
+use crate::roster::{ConfigMatch, Identity, RosterEntry};
 
 /// How this node delivers right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub struct ClusterCounters {
     /// `resync` notices sent to every socket after a (re)join that followed
     /// a time without subscription.
     pub resyncs: AtomicU64,
+    /// Live roster entries whose fingerprint differs (a gauge).
+    pub mismatches: AtomicU64,
 }
 
 /// One of the cluster's long-lived tasks, as `restarting` starts it.
@@ -159,8 +161,31 @@ impl Cluster {
             return None;
         }
         let raw = self.broker.roster().await.ok()?;
-        let (entries, _) = evaluate(raw, time::OffsetDateTime::now_utc());
+        let (entries, _) = self.identity.evaluate(raw, time::OffsetDateTime::now_utc());
+        let mismatches = entries
+            .iter()
+            .filter(|e| e.alive && e.config_match == Some(ConfigMatch::Different))
+            .count();
+        self.note_mismatches(mismatches);
         Some(entries)
+    }
+
+    /// Live nodes whose fleet settings differ from this node's, as last seen.
+    pub fn mismatches(&self) -> u64 {
+        self.counters.mismatches.load(Ordering::Relaxed)
+    }
+
+    fn note_mismatches(&self, count: usize) {
+        let before = self
+            .counters
+            .mismatches
+            .swap(count as u64, Ordering::Relaxed);
+        if count as u64 > before {
+            tracing::warn!(
+                nodes = count,
+                "nodes with different settings (worker_secret, topic_ttl or redis.key_prefix) are in the roster"
+            );
+        }
     }
 
     /// Starts the subscriber, the outbox and the heartbeat on `tasks`, each
@@ -289,7 +314,7 @@ mod tests {
             health: Arc::clone(&health),
             dispatcher,
             hub,
-            identity: Arc::new(Identity::new("test")),
+            identity: Arc::new(Identity::new(&config)),
         });
         health.set_connected(true);
         Arc::clone(&cluster)

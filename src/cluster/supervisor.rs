@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
 use crate::broker::{decode_envelope, BrokerError, Subscription};
-use crate::roster::HEARTBEAT;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
@@ -113,7 +112,7 @@ impl Cluster {
 
     /// Delivers envelopes until the subscription fails; returns why.
     async fn listen(&self, mut subscription: Subscription, shutdown: &CancellationToken) -> String {
-        let mut ping = tokio::time::interval(HEARTBEAT);
+        let mut ping = tokio::time::interval(self.identity.roster.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut timeouts = 0;

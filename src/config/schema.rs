@@ -56,6 +56,33 @@ pub struct Config {
     pub node_name: String,
     pub redis: RedisSettings,
     pub limits: Limits,
+    pub roster: RosterSettings,
+}
+
+/// The node roster's timing (Go 0.3.0's values by default: change them only
+/// on every node of a fleet at once, Go nodes cannot).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RosterSettings {
+    /// How often a node rewrites its roster entry.
+    #[serde(with = "go_duration")]
+    pub heartbeat: Duration,
+    /// A node is alive while its entry is younger than this.
+    #[serde(with = "go_duration")]
+    pub alive_window: Duration,
+    /// Entries older than this are removed.
+    #[serde(with = "go_duration")]
+    pub prune_after: Duration,
+}
+
+impl Default for RosterSettings {
+    fn default() -> Self {
+        RosterSettings {
+            heartbeat: Duration::from_secs(5),
+            alive_window: Duration::from_secs(15),
+            prune_after: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// `text` or `json` (read in `read.rs`, where an empty value is `text` too).
@@ -140,6 +167,7 @@ impl Config {
             node_name: String::new(),
             redis: RedisSettings::default(),
             limits: Limits::default(),
+            roster: RosterSettings::default(),
         }
     }
 }

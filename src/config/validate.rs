@@ -18,6 +18,19 @@ pub(super) fn validate(config: &mut Config, warnings: &mut Vec<String>) -> Resul
         .as_ref()
         .is_some_and(|url| url.expose().starts_with("rediss://"));
     check_tls_files(&config.redis, tls_url)?;
+    let roster = &config.roster;
+    if roster.alive_window < roster.heartbeat * 2 {
+        return Err(key_error(
+            "roster.alive_window",
+            "must be at least twice roster.heartbeat, or live nodes would flicker dead",
+        ));
+    }
+    if roster.prune_after < roster.alive_window {
+        return Err(key_error(
+            "roster.prune_after",
+            "must not be shorter than roster.alive_window",
+        ));
+    }
     if config.ws_port == config.internal_port
         && config.ws_port != 0
         && binds_overlap(&config.ws_bind, &config.internal_bind)

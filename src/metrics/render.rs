@@ -35,6 +35,7 @@ pub struct ClusterSnapshot {
     pub publish_retries: u64,
     pub task_panics: u64,
     pub resyncs: u64,
+    pub config_mismatches: u64,
     pub outbox: u64,
     pub registry_pending: u64,
 }
@@ -193,6 +194,12 @@ impl Metrics {
             ] {
                 counter(&mut out, name, help, value);
             }
+            gauge(
+                &mut out,
+                "skywave_fleet_config_mismatches",
+                "live nodes whose worker_secret, topic_ttl or key prefix differ from this node's (by fingerprint)",
+                c.config_mismatches,
+            );
             gauge(
                 &mut out,
                 "skywave_envelopes_waiting",

@@ -52,7 +52,7 @@ impl Node {
     /// spawned yet.
     pub fn new(config: Config) -> Result<Arc<Self>, BrokerError> {
         let shutdown = CancellationToken::new();
-        let identity = Arc::new(Identity::new(&config.node_name));
+        let identity = Arc::new(Identity::new(&config));
         let hub = Hub::new(config.limits.socket_queue);
         let metrics = Arc::new(Metrics::default());
         let (dispatcher, fanout) =

@@ -147,6 +147,7 @@ impl Node {
                 publish_retries: load(&c.publish_retries),
                 task_panics: load(&c.task_panics),
                 resyncs: load(&c.resyncs),
+                config_mismatches: cluster.mismatches(),
                 outbox: cluster.outbox_len() as u64,
                 registry_pending: self.registry.pending() as u64,
             }

@@ -5,6 +5,7 @@
 
 mod cluster_chaos;
 mod failures;
+mod fleet;
 mod health;
 mod layers;
 mod operator_paths;
