@@ -174,6 +174,13 @@ impl Broker {
         }
     }
 
+    /// Counts a connect of `client` in this second, cluster-wide.
+    pub async fn count_connect(&self, client: &str, second: u64) -> Result<u64, BrokerError> {
+        match self {
+            Broker::Redis(redis) => redis.count_connect(client, second).await,
+        }
+    }
+
     pub async fn roster(&self) -> Result<Vec<(String, String)>, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.roster().await,

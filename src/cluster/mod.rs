@@ -141,6 +141,21 @@ impl Cluster {
         }
     }
 
+    /// This second's connects of `client` across the cluster, or `None`
+    /// when Redis cannot say (the caller counts locally then).
+    pub async fn connects_this_second(&self, client: std::net::IpAddr) -> Option<u64> {
+        if self.mode() != Mode::Cluster {
+            return None;
+        }
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.broker
+            .count_connect(&client.to_string(), second)
+            .await
+            .ok()
+    }
+
     /// Envelopes waiting for Redis.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()

@@ -130,6 +130,11 @@ pub struct Limits {
     /// New WebSocket connections per second one client address may open (0 = no limit).
     #[serde(deserialize_with = "read::count_u32")]
     pub connect_rate_per_ip: u32,
+    /// New WebSocket connections per second one client address may open
+    /// across the whole cluster (0 = no limit); counted in Redis, and on
+    /// each node alone while Redis is away.
+    #[serde(deserialize_with = "read::count_u32")]
+    pub cluster_connect_rate_per_ip: u32,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     #[serde(deserialize_with = "read::ip_list")]
     pub trusted_proxies: Vec<IpAddr>,
@@ -192,6 +197,7 @@ impl Default for Limits {
             max_sockets: 0,
             max_sockets_per_ip: 0,
             connect_rate_per_ip: 0,
+            cluster_connect_rate_per_ip: 0,
             trusted_proxies: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(10),

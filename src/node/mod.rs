@@ -157,6 +157,15 @@ impl Node {
         }
     }
 
+    /// This second's connects of `client` across the cluster (`None`:
+    /// single mode, or Redis cannot say right now).
+    pub async fn cluster_connects(&self, client: std::net::IpAddr) -> Option<u64> {
+        match &self.cluster {
+            Some(cluster) => cluster.connects_this_second(client).await,
+            None => None,
+        }
+    }
+
     pub fn uptime_seconds(&self) -> u64 {
         self.identity.uptime_seconds()
     }

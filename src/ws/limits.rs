@@ -120,6 +120,13 @@ impl Admissions {
         })
     }
 
+    /// Connects of `client` in its current one-second window (this node).
+    pub fn connects_in_window(&self, client: IpAddr) -> u32 {
+        self.per_ip
+            .get(&client)
+            .map_or(0, |entry| entry.connects_in_window)
+    }
+
     /// Frees the state of addresses with no socket whose rate window passed.
     pub fn sweep(&self) {
         let now = Instant::now();

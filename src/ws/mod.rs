@@ -124,6 +124,21 @@ async fn upgrade(
             };
         }
     };
+    let cluster_rate = node.config().limits.cluster_connect_rate_per_ip;
+    if cluster_rate > 0 {
+        // One Redis round trip; while Redis cannot count, this node's own
+        // count of the address stands in.
+        let count = match node.cluster_connects(client).await {
+            Some(count) => count,
+            None => u64::from(admissions.connects_in_window(client)),
+        };
+        if count > u64::from(cluster_rate) {
+            node.metrics().refused(Refusal::Limit);
+            tracing::debug!(client = %client, count, "connection refused by the cluster-wide rate limit");
+            drop(admission);
+            return plain(StatusCode::TOO_MANY_REQUESTS, "too many connections");
+        }
+    }
     let Some(meta) = node.registry().lookup(&topic).await else {
         node.metrics().refused(Refusal::NotRegistered);
         return plain(StatusCode::NOT_FOUND, "topic not registered");

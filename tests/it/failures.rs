@@ -337,7 +337,6 @@ async fn at_shutdown_requests_in_flight_are_answered_and_late_ones_get_503_not_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_cap_follows_the_fd_limit_and_the_internal_api_keeps_answering() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempdir("fdlimit");
     let (ws, internal) = (crate::support::free_port(), crate::support::free_port());
     std::fs::write(
@@ -381,24 +380,14 @@ async fn the_socket_cap_follows_the_fd_limit_and_the_internal_api_keeps_answerin
     assert_eq!(cap, 600 - skywave::descriptors::RESERVED);
 
     node.register("crowd", false).await;
-    let upgrade = "GET /ws?topic=crowd HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                   Sec-WebSocket-Version: 13\r\n\r\n";
     let (mut upgraded, mut refused) = (0u64, 0u64);
     let mut held = Vec::new();
     for _ in 0..cap + 40 {
-        let mut stream = tokio::net::TcpStream::connect(node.ws).await.unwrap();
-        stream.write_all(upgrade.as_bytes()).await.unwrap();
-        let mut answer = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-            .await
-            .expect("an answer")
-            .unwrap_or(0);
-        let line = String::from_utf8_lossy(&answer[..n]).to_string();
-        if line.starts_with("HTTP/1.1 101") {
-            upgraded += 1;
-        } else if line.starts_with("HTTP/1.1 503") {
-            refused += 1;
+        let (code, stream) = crate::support::raw_upgrade(node.ws, "crowd").await;
+        match code {
+            101 => upgraded += 1,
+            503 => refused += 1,
+            other => panic!("upgrade answered {other}"),
         }
         held.push(stream); // never authenticates
     }

@@ -88,3 +88,59 @@ async fn the_alive_window_follows_the_config() {
     .await;
     eprintln!("b shown dead {:?} after its crash", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_wide_connect_rate_counts_every_node_and_falls_back_to_each_node() {
+    use crate::support::raw_upgrade;
+    let mut redis = RedisServer::start();
+    let extra = format!(
+        "redis_url: \"{}\"\nlimits:\n  cluster_connect_rate_per_ip: 4\n",
+        redis.url()
+    );
+    let a = TestNode::start(&extra).await;
+    let b = TestNode::start(&extra).await;
+    for n in [&a, &b] {
+        n.wait_status(Duration::from_secs(10), "cluster", |s| {
+            s["cluster_nodes"] == 2
+        })
+        .await;
+    }
+    a.register("rated", false).await;
+    let (mut accepted, mut refused, mut held) = (0, 0, Vec::new());
+    for i in 0..16 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (code, stream) = raw_upgrade(node.ws, "rated").await;
+        match code {
+            101 => accepted += 1,
+            429 => refused += 1,
+            other => panic!("upgrade answered {other}"),
+        }
+        held.push(stream);
+    }
+    // 4 per second over both nodes: at most 8 if the test spans two seconds.
+    assert!(
+        accepted <= 8 && refused >= 8,
+        "accepted {accepted}, refused {refused}"
+    );
+
+    // Redis away: each node counts alone, with the same limit.
+    redis.kill9();
+    a.wait_status(Duration::from_secs(10), "degraded", |s| {
+        s["mode"] == "degraded"
+    })
+    .await;
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..12 {
+        let (code, stream) = raw_upgrade(a.ws, "rated").await;
+        match code {
+            101 => accepted += 1,
+            429 => refused += 1,
+            other => panic!("upgrade answered {other}"),
+        }
+        held.push(stream);
+    }
+    assert!(
+        accepted <= 8 && refused >= 4,
+        "alone: accepted {accepted}, refused {refused}"
+    );
+}

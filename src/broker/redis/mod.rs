@@ -19,6 +19,7 @@ pub struct RedisBroker {
     topic_prefix: String,
     channel: String,
     roster_key: String,
+    connects_prefix: String,
 }
 
 /// The dedicated subscriber connection: envelopes in, pings out.
@@ -45,6 +46,7 @@ impl RedisBroker {
             topic_prefix: format!("{prefix}topic:"),
             channel: format!("{prefix}events"),
             roster_key: format!("{prefix}nodes"),
+            connects_prefix: prefix.to_string(),
         })
     }
 
@@ -104,6 +106,21 @@ impl RedisBroker {
             .find_map(|line| line.strip_prefix("run_id:"))
             .map(|id| id.trim().to_string())
             .unwrap_or_default())
+    }
+
+    /// Counts one connect of `client` in the current second, cluster-wide;
+    /// returns the count so far (one round trip: INCR and EXPIRE).
+    pub async fn count_connect(&self, client: &str, second: u64) -> Result<u64, BrokerError> {
+        let key = format!("{}connects:{client}:{second}", self.connects_prefix);
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(2)
+            .ignore();
+        let (count,): (u64,) = self.link.query_pipeline(&pipe).await?;
+        Ok(count)
     }
 
     /// The roster hash as stored: field (node id) -> JSON entry.

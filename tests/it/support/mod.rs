@@ -306,3 +306,26 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// A raw WebSocket upgrade request for `topic` (no auth afterwards): the
+/// HTTP status it got, and the connection, to hold it open.
+pub async fn raw_upgrade(addr: SocketAddr, topic: &str) -> (u16, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /ws?topic={topic} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    let code = std::str::from_utf8(&answer[..n])
+        .ok()
+        .and_then(|t| t.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, stream)
+}
