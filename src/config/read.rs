@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use serde::de::{Deserialize, Deserializer, Error};
 use yaml_serde::Value;
 
@@ -133,7 +135,8 @@ pub fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<D
 
 /// A YAML list of addresses, or one string of comma-separated addresses (as
 /// an environment variable gives it).
-pub fn ip_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+/// Addresses (`10.0.0.5`) or CIDR ranges (`10.0.0.0/8`, `fd00::/8`).
+pub fn ip_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
     let items: Vec<String> = match value(deserializer)? {
         Value::Sequence(items) => items
             .into_iter()
@@ -150,8 +153,13 @@ pub fn ip_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>
     items
         .iter()
         .map(|item| {
-            item.parse::<IpAddr>()
-                .map_err(|_| D::Error::custom(format!("{item:?} is not an IP address")))
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    D::Error::custom(format!(
+                        "{item:?} is not an IP address or CIDR range (such as 10.0.0.5 or 10.0.0.0/8)"
+                    ))
+                })
         })
         .collect()
 }

@@ -12,7 +12,6 @@
 //! redacted, durations in Go syntax, what an empty value means in brackets);
 //! it is not meant to be read back.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -136,8 +135,8 @@ pub struct Limits {
     #[serde(deserialize_with = "read::count_u32")]
     pub cluster_connect_rate_per_ip: u32,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
-    #[serde(deserialize_with = "read::ip_list")]
-    pub trusted_proxies: Vec<IpAddr>,
+    #[serde(deserialize_with = "read::ip_list", serialize_with = "show::networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Time a client has to send its complete HTTP request head.
     #[serde(with = "go_duration")]
     pub handshake_timeout: Duration,

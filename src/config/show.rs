@@ -45,6 +45,20 @@ pub fn system_roots<S: Serializer>(
     shown_path(file, "(system roots)", serializer)
 }
 
+/// Address ranges, a single address without its `/32` or `/128`.
+pub fn networks<S: Serializer>(
+    networks: &[ipnet::IpNet],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(networks.iter().map(|net| {
+        if net.prefix_len() == net.max_prefix_len() {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        }
+    }))
+}
+
 pub fn path<S: Serializer>(file: &Option<PathBuf>, serializer: S) -> Result<S::Ok, S::Error> {
     shown_path(file, "(none)", serializer)
 }

@@ -23,7 +23,7 @@ pub struct Admissions {
     max_sockets: usize,
     max_per_ip: usize,
     rate_per_ip: u32,
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<ipnet::IpNet>,
     sockets: AtomicUsize,
     per_ip: DashMap<IpAddr, PerAddress>,
 }
@@ -65,7 +65,7 @@ impl Admissions {
     /// The client address: the peer, unless the peer is a trusted proxy that
     /// says who its client is.
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if !self.trusted_proxies.contains(&peer) {
+        if !self.is_trusted(peer) {
             return peer;
         }
         // The rightmost address not added by one of our own proxies.
@@ -76,11 +76,7 @@ impl Admissions {
             .flat_map(|v| v.split(','))
             .filter_map(|a| a.trim().parse::<IpAddr>().ok())
             .collect::<Vec<_>>();
-        if let Some(client) = forwarded
-            .iter()
-            .rev()
-            .find(|a| !self.trusted_proxies.contains(a))
-        {
+        if let Some(client) = forwarded.iter().rev().find(|a| !self.is_trusted(**a)) {
             return *client;
         }
         headers
@@ -88,6 +84,12 @@ impl Admissions {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(peer)
+    }
+
+    fn is_trusted(&self, address: IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|net| net.contains(&address))
     }
 
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admission, Refused> {
@@ -160,7 +162,14 @@ mod tests {
             max_sockets: max,
             max_sockets_per_ip: per_ip,
             connect_rate_per_ip: rate,
-            trusted_proxies: proxies.iter().map(|p| p.parse().expect("ip")).collect(),
+            trusted_proxies: proxies
+                .iter()
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .expect("ip or range")
+                })
+                .collect(),
             ..Limits::default()
         }
     }
@@ -215,5 +224,28 @@ mod tests {
         );
         real.insert("x-real-ip", "garbage".parse().expect("h"));
         assert_eq!(admissions.client_address(proxy, &real), proxy);
+    }
+
+    #[test]
+    fn trusted_proxies_may_be_ranges() {
+        let admissions = Admissions::new(&limits(0, 0, 0, &["10.0.0.0/8", "fd00::/8"]));
+        let mut headers = HeaderMap::new();
+        // The last address not in a trusted range is the client.
+        headers.insert(
+            "x-forwarded-for",
+            "198.51.100.7, 10.1.2.3".parse().expect("h"),
+        );
+        let inner: IpAddr = "10.9.8.7".parse().expect("ip");
+        assert_eq!(
+            admissions.client_address(inner, &headers),
+            "198.51.100.7".parse::<IpAddr>().expect("ip")
+        );
+        let v6: IpAddr = "fd12::1".parse().expect("ip");
+        assert_eq!(
+            admissions.client_address(v6, &headers),
+            "198.51.100.7".parse::<IpAddr>().expect("ip")
+        );
+        let outside: IpAddr = "11.0.0.1".parse().expect("ip");
+        assert_eq!(admissions.client_address(outside, &headers), outside);
     }
 }
