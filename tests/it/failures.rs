@@ -23,20 +23,12 @@ async fn a_registration_redis_refuses_gets_503_is_kept_and_lands_when_redis_take
     }
     // Redis full, and refusing writes (as a managed Redis at its memory cap).
     let mut admin = redis.client().await;
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    crate::support::admin(
+        &mut admin,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    )
+    .await;
+    crate::support::admin(&mut admin, &["CONFIG", "SET", "maxmemory", "1"]).await;
     let mut refused = 0;
     for i in 0..50 {
         let (code, _) = a
@@ -67,13 +59,7 @@ async fn a_registration_redis_refuses_gets_503_is_kept_and_lands_when_redis_take
     );
 
     // Room again: the heartbeat writes every pending change, and B has them.
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    crate::support::admin(&mut admin, &["CONFIG", "SET", "maxmemory", "0"]).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let status = a.status("").await;
@@ -200,13 +186,7 @@ async fn during_an_outage_a_node_still_knows_the_topics_registered_elsewhere() {
     a.register("copied-at-join", true).await;
     // A blip makes both rejoin; a join copies the cluster's registry.
     let mut admin = redis.client().await;
-    let () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    crate::support::admin(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     drop(admin);
     b.wait_status(Duration::from_secs(10), "B rejoined", |s| {
         s["mode"] == "cluster"

@@ -106,17 +106,22 @@ async fn the_cluster_wide_connect_rate_counts_every_node_and_falls_back_to_each_
         .await;
     }
     a.register("rated", false).await;
-    let (mut accepted, mut refused, mut held) = (0, 0, Vec::new());
-    for i in 0..16 {
-        let node = if i % 2 == 0 { &a } else { &b };
-        let (code, stream) = raw_upgrade(node.ws, "rated").await;
-        match code {
-            101 => accepted += 1,
-            429 => refused += 1,
-            other => panic!("upgrade answered {other}"),
+    let mut held = Vec::new();
+    // Upgrades taking turns over `nodes`: (accepted, refused by a limit).
+    let mut upgrades = async |nodes: &[&TestNode], count: usize| {
+        let (mut accepted, mut refused) = (0, 0);
+        for i in 0..count {
+            let (code, stream) = raw_upgrade(nodes[i % nodes.len()].ws, "rated").await;
+            match code {
+                101 => accepted += 1,
+                429 => refused += 1,
+                other => panic!("upgrade answered {other}"),
+            }
+            held.push(stream);
         }
-        held.push(stream);
-    }
+        (accepted, refused)
+    };
+    let (accepted, refused) = upgrades(&[&a, &b], 16).await;
     // 4 per second over both nodes: at most 8 if the test spans two seconds.
     assert!(
         accepted <= 8 && refused >= 8,
@@ -129,16 +134,7 @@ async fn the_cluster_wide_connect_rate_counts_every_node_and_falls_back_to_each_
         s["mode"] == "degraded"
     })
     .await;
-    let (mut accepted, mut refused) = (0, 0);
-    for _ in 0..12 {
-        let (code, stream) = raw_upgrade(a.ws, "rated").await;
-        match code {
-            101 => accepted += 1,
-            429 => refused += 1,
-            other => panic!("upgrade answered {other}"),
-        }
-        held.push(stream);
-    }
+    let (accepted, refused) = upgrades(&[&a], 12).await;
     assert!(
         accepted <= 8 && refused >= 4,
         "alone: accepted {accepted}, refused {refused}"

@@ -172,13 +172,7 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
     a.register("gone-elsewhere", true).await;
     a.register("kept", true).await;
     let () = admin.del("wavelog:topic:gone-elsewhere").await.unwrap();
-    let () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    crate::support::admin(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&a, "skywave_redis_joins_total").await < 2 {
         assert!(Instant::now() < deadline, "A rejoins after the blip");
@@ -193,20 +187,12 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
 
     // 2. Changes made while A is degraded (Redis refuses A's new subscriber
     // connection) are kept and written back in order when it rejoins.
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("closed-for-now")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    crate::support::admin(
+        &mut admin,
+        &["CONFIG", "SET", "requirepass", "closed-for-now"],
+    )
+    .await;
+    crate::support::admin(&mut admin, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     a.wait_status(Duration::from_secs(10), "degraded", |s| {
         s["mode"] == "degraded" && s["redis_error"].is_string()
     })
@@ -214,13 +200,7 @@ async fn a_rejoin_writes_back_only_what_redis_did_not_take() {
     a.register("while-away", false).await;
     a.unregister("kept").await;
     assert_eq!(metric(&a, "skywave_registry_pending_changes").await, 2);
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    crate::support::admin(&mut admin, &["CONFIG", "SET", "requirepass", ""]).await;
     wait_cluster(&a, 1).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&a, "skywave_registry_pending_changes").await > 0 {

@@ -39,17 +39,10 @@ impl RedisBroker {
     pub async fn topic_entries(
         &self,
     ) -> Result<Vec<(String, TopicMeta, Option<Duration>)>, BrokerError> {
-        let pattern = format!("{}*", escape_glob(&self.topic_prefix));
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut entries = Vec::new();
         loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, keys): (u64, Vec<String>) = self.link.query(&cmd).await?;
+            let (next, keys) = self.scan_page(cursor).await?;
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for key in &keys {
@@ -74,7 +67,22 @@ impl RedisBroker {
             }
             cursor = next;
         }
+        // SCAN may return a key twice.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
         Ok(entries)
+    }
+
+    /// One `SCAN` page of topic keys: the next cursor (0 = done) and the keys.
+    async fn scan_page(&self, cursor: u64) -> Result<(u64, Vec<String>), BrokerError> {
+        let pattern = format!("{}*", escape_glob(&self.topic_prefix));
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        self.link.query(&cmd).await
     }
 
     pub async fn topic_set(
@@ -134,17 +142,10 @@ impl RedisBroker {
     /// Every registered topic in the cluster, by `SCAN`; sorted, and
     /// deduplicated because `SCAN` may return a key twice.
     pub async fn topics(&self) -> Result<Vec<String>, BrokerError> {
-        let pattern = format!("{}*", escape_glob(&self.topic_prefix));
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut topics = Vec::new();
         loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, keys): (u64, Vec<String>) = self.link.query(&cmd).await?;
+            let (next, keys) = self.scan_page(cursor).await?;
             topics.extend(
                 keys.into_iter()
                     .filter_map(|k| k.strip_prefix(&self.topic_prefix).map(str::to_string)),

@@ -6,7 +6,7 @@ mod process;
 mod redis_server;
 
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
-pub use self::redis_server::{RedisServer, TlsFiles};
+pub use self::redis_server::{admin, RedisServer, TlsFiles};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -41,47 +41,13 @@ impl TlsFiles {
     pub fn generate(dir: &Path) -> TlsFiles {
         std::fs::create_dir_all(dir).expect("tls dir");
         let ca = new_ca(dir, "ca");
-        let cert = dir.join("server.pem");
-        let key = dir.join("server.key");
-        let csr = dir.join("server.csr");
-        let ext = dir.join("server.ext");
-        std::fs::write(
-            &ext,
+        let (cert, key) = sign(
+            dir,
+            "server",
+            "/CN=localhost",
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
              keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("ext file");
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &path(&key),
-            "-out",
-            &path(&csr),
-            "-subj",
-            "/CN=localhost",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &path(&csr),
-            "-CA",
-            &path(&ca),
-            "-CAkey",
-            &path(&dir.join("ca.key")),
-            "-CAcreateserial",
-            "-out",
-            &path(&cert),
-            "-days",
-            "2",
-            "-extfile",
-            &path(&ext),
-        ]);
+        );
         TlsFiles {
             dir: dir.to_path_buf(),
             ca,
@@ -92,56 +58,62 @@ impl TlsFiles {
 
     /// A client certificate and key signed by this CA (for mutual TLS).
     pub fn client_cert(&self) -> (PathBuf, PathBuf) {
-        let dir = &self.dir;
-        let (cert, key, csr, ext) = (
-            dir.join("client.pem"),
-            dir.join("client.key"),
-            dir.join("client.csr"),
-            dir.join("client.ext"),
-        );
-        std::fs::write(
-            &ext,
+        sign(
+            &self.dir,
+            "client",
+            "/CN=skywave test client",
             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
         )
-        .expect("ext file");
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &path(&key),
-            "-out",
-            &path(&csr),
-            "-subj",
-            "/CN=skywave test client",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &path(&csr),
-            "-CA",
-            &path(&self.ca),
-            "-CAkey",
-            &path(&dir.join("ca.key")),
-            "-CAcreateserial",
-            "-out",
-            &path(&cert),
-            "-days",
-            "2",
-            "-extfile",
-            &path(&ext),
-        ]);
-        (cert, key)
     }
 
     /// Another CA, which did not sign the server's certificate.
     pub fn unrelated_ca(&self) -> PathBuf {
         new_ca(&self.dir, "other-ca")
     }
+}
+
+/// A key and a certificate for `subject`, signed by `dir/ca.*`, with the
+/// X.509 extensions `extensions`.
+fn sign(dir: &Path, name: &str, subject: &str, extensions: &str) -> (PathBuf, PathBuf) {
+    let (cert, key, csr, ext) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    std::fs::write(&ext, extensions).expect("ext file");
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &path(&key),
+        "-out",
+        &path(&csr),
+        "-subj",
+        subject,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path(&csr),
+        "-CA",
+        &path(&dir.join("ca.pem")),
+        "-CAkey",
+        &path(&dir.join("ca.key")),
+        "-CAcreateserial",
+        "-out",
+        &path(&cert),
+        "-days",
+        "2",
+        "-extfile",
+        &path(&ext),
+    ]);
+    (cert, key)
 }
 
 fn new_ca(dir: &Path, name: &str) -> PathBuf {
@@ -354,4 +326,15 @@ impl Drop for RedisServer {
         self.pause(false);
         self.kill9();
     }
+}
+
+/// Runs one command whose answer does not matter (`CONFIG SET …`,
+/// `CLIENT KILL …`) on `conn`, failing the test if Redis refuses it.
+pub async fn admin(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
+    let (name, rest) = args.split_first().expect("a command");
+    let _: redis::Value = redis::cmd(name)
+        .arg(rest)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|error| panic!("{args:?}: {error}"));
 }
