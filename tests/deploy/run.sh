@@ -18,7 +18,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 binary="${1:-$here/../../target/release/skywave}"
 
 passed=0 failed=0
-for test in check_files.py check_monitoring.py e2e_nginx.py e2e_haproxy.py; do
+for test in check_files.py check_monitoring.py check_kubernetes.py e2e_nginx.py e2e_haproxy.py; do
   echo "== tests/deploy/$test"
   if python3 "$here/$test" "$binary"; then
     passed=$((passed + 1))
