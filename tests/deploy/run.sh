@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Deployment tests: static checks of the kit (compose.yaml, Dockerfile,
-# nginx/, deploy/skywave.service, docs) and the end-to-end run through a real
-# nginx in front of two skywave nodes and a real redis-server.
+# nginx/, deploy/skywave.service, docs), the monitoring files (Grafana
+# dashboard, Prometheus alerts) against real nodes, the Kubernetes manifests
+# against the Kubernetes JSON schemas, and the end-to-end runs through a real
+# nginx and a real haproxy in front of two skywave nodes and a real
+# redis-server.
 #
 #   tests/deploy/run.sh [path/to/skywave]      (default target/release/skywave)
 #
-# Needs: python3 (>= 3.11), nginx, redis-server, systemd-analyze, and the pip
-# packages in tests/deploy/requirements.txt; a missing tool is reported as
-# SKIP by check_files.py, a missing nginx/redis-server fails the e2e test.
-# Both tests always run; the exit status is non-zero if either failed.
+# Needs: python3 (>= 3.11), nginx, haproxy, redis-server, promtool,
+# systemd-analyze, and the pip packages in tests/deploy/requirements.txt
+# (scripts/test installs them all). check_files.py reports a missing tool as
+# SKIP; in the other tests a missing tool or package is a FAIL naming it.
+# Every test always runs; the exit status is non-zero if any failed.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 binary="${1:-$here/../../target/release/skywave}"
 
 passed=0 failed=0
-for test in check_files.py e2e_nginx.py; do
+for test in check_files.py check_monitoring.py check_kubernetes.py e2e_nginx.py e2e_haproxy.py; do
   echo "== tests/deploy/$test"
   if python3 "$here/$test" "$binary"; then
     passed=$((passed + 1))
