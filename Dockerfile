@@ -27,6 +27,8 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
 #    the manifests or the lock file change. Every target the manifests name
 #    must exist for cargo to read them (the loadgen workspace member, the bench).
 COPY Cargo.toml Cargo.lock build.rs ./
+# jemalloc's compiled-in options (the [env] of .cargo/config.toml).
+COPY .cargo/config.toml .cargo/config.toml
 COPY loadgen/Cargo.toml loadgen/Cargo.toml
 RUN mkdir -p src loadgen/src benches \
     && echo 'fn main() {}' > src/main.rs \

@@ -11,6 +11,11 @@ use clap::Parser;
 use cli::{Cli, Command, Discovery};
 use skywave::config::Secret;
 
+/// jemalloc, with its options compiled in from `.cargo/config.toml`: freed
+/// memory goes back to the system within about a second.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::go_style_args(std::env::args()));
     let flag = cli.config.as_deref();
