@@ -169,9 +169,15 @@ def check_compose(results):
     raw_services = raw.get("services") or {}
     nodes = {name: s for name, s in services.items()
              if str(s.get("image", "")).startswith("skywave") or s.get("build") is not None}
-    results.check("at least two skywave nodes, a redis and an nginx service",
-                  len(nodes) >= 2 and "redis" in services and "nginx" in services,
-                  f"nodes: {', '.join(sorted(nodes))}")
+    replicas = sum(int((s.get("deploy") or {}).get("replicas", 1)) for s in nodes.values())
+    results.check("at least two skywave nodes (replicas), a redis and an nginx service",
+                  replicas >= 2 and "redis" in services and "nginx" in services,
+                  f"nodes: {', '.join(sorted(nodes))}, {replicas} replicas")
+    # `docker compose up --scale skywave=N` needs nothing pinned per container.
+    pinned = sorted(f"{name}: {key}" for name, s in nodes.items()
+                    for key in ("container_name", "hostname", "ports") if s.get(key))
+    results.check("skywave services scale (no container_name, hostname or host ports)",
+                  not pinned, ", ".join(pinned) or f"{len(nodes)} service(s)")
 
     with_ports = sorted(name for name, s in services.items() if s.get("ports"))
     results.check("nginx is the only service with ports", with_ports == ["nginx"], f"services with ports: {with_ports}")
@@ -224,10 +230,14 @@ def check_compose(results):
     nginx_env = environment(nginx)
     upstreams = nginx_env.get("SKYWAVE_UPSTREAMS") or ""
     servers = re.findall(r"server\s+([^\s;]+)([^;]*);", upstreams)
-    results.check("nginx: SKYWAVE_UPSTREAMS names every node at :9000 with max_fails/fail_timeout",
+    results.check("nginx: SKYWAVE_UPSTREAMS names every node service at :9000 with max_fails/fail_timeout",
                   sorted(addr for addr, _ in servers) == sorted(f"{n}:{WS_PORT}" for n in nodes)
                   and all("max_fails=" in params and "fail_timeout=" in params for _, params in servers),
                   upstreams)
+    scaled = [n for n, s in nodes.items() if int((s.get("deploy") or {}).get("replicas", 1)) > 1]
+    results.check("nginx: a service with replicas is resolved ('resolve'), so every replica is a server",
+                  all(re.search(rf"server\s+{n}:{WS_PORT}\b[^;]*\bresolve\b", upstreams) for n in scaled)
+                  and (not scaled or "resolver " in upstreams), upstreams)
     if " resolve" in upstreams:
         tag = str(nginx.get("image", "")).partition(":")[2]
         numbers = tuple(int(x) for x in re.findall(r"\d+", tag)[:3])
