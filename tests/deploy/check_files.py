@@ -130,6 +130,25 @@ def compose_schema():
     return json.loads(raw), source
 
 
+def check_compose_schema(results, label, compose):
+    """`compose` (a parsed compose file) against the Compose Specification schema."""
+    schema, source = compose_schema()
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+    what = f"{label} valid against the Compose Specification schema"
+    if schema is None or jsonschema is None:
+        results.skip(what, source if schema is None else "Python package jsonschema is not installed")
+        return
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    detail = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:5])
+    results.check(what, not errors,
+                  detail if errors else f"{source}; jsonschema {version_of('jsonschema')} {validator_class.__name__}")
+
+
 def check_compose(results):
     print("== compose.yaml", flush=True)
     try:
@@ -149,21 +168,7 @@ def check_compose(results):
                       "SKYWAVE_WORKER_SECRET" in str(error), str(error))
     compose = interpolate(raw, {"SKYWAVE_WORKER_SECRET": "x" * 64})
 
-    schema, source = compose_schema()
-    try:
-        import jsonschema
-    except ImportError:
-        jsonschema = None
-    if schema is None or jsonschema is None:
-        results.skip("compose.yaml valid against the Compose Specification schema",
-                     source if schema is None else "Python package jsonschema is not installed")
-    else:
-        validator_class = jsonschema.validators.validator_for(schema)
-        validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
-        errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
-        detail = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:5])
-        results.check("compose.yaml valid against the Compose Specification schema", not errors,
-                      detail if errors else f"{source}; jsonschema {version_of('jsonschema')} {validator_class.__name__}")
+    check_compose_schema(results, "compose.yaml", compose)
 
     services = compose.get("services") or {}
     raw_services = raw.get("services") or {}
@@ -614,18 +619,7 @@ def check_wavelog_layout(results):
         results.check("deploy/compose.wavelog.yaml parsed", False, "PyYAML is not installed")
         return
     compose = yaml.safe_load(read("deploy/compose.wavelog.yaml"))
-    schema, source = compose_schema()
-    try:
-        import jsonschema
-    except ImportError:
-        jsonschema = None
-    if schema is None or jsonschema is None:
-        results.skip("deploy/compose.wavelog.yaml valid against the Compose schema",
-                     source if schema is None else "Python package jsonschema is not installed")
-    else:
-        errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(compose))
-        results.check("deploy/compose.wavelog.yaml valid against the Compose schema", not errors,
-                      "; ".join(e.message for e in errors[:3]) if errors else source)
+    check_compose_schema(results, "deploy/compose.wavelog.yaml", compose)
     service = (compose.get("services") or {}).get("worker") or {}
     mounts = [str(v) for v in service.get("volumes", [])]
     results.check("deploy/compose.wavelog.yaml mounts the config at /app/config.yaml, as Wavelog's docs do",
