@@ -108,7 +108,8 @@
     set("redis", s.redis === "not used" ? "Redis not used (single mode)"
       : s.redis === "away" ? `Redis away${s.redis_error ? ": " + s.redis_error : ""}` : "Redis connected");
     set("sockets", count(own.connected_sockets));
-    set("max-sockets", `of ${count(s.max_sockets)} allowed · ${count(own.connected_clients)} clients`);
+    const clients = own.connected_clients;
+    set("max-sockets", `of ${count(s.max_sockets)} allowed · ${count(clients)} ${clients === 1 ? "client" : "clients"}`);
     const alive = s.nodes.filter((n) => n.alive);
     set("cluster-sockets", count(alive.reduce((sum, n) => sum + n.connected_sockets, 0)));
     set("live-nodes", `${alive.length} of ${s.nodes.length} nodes alive`);
