@@ -12,59 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{tempdir, BinaryNode, TestNode, SECRET};
-
-/// An HTTP answer with its headers (names lower-cased).
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One request (Connection: close); `extra` are whole header lines.
-async fn request(addr: SocketAddr, method: &str, path: &str, extra: &str, body: &str) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("answer within 10 s")
-        .expect("read");
-    parse(&String::from_utf8_lossy(&raw))
-}
-
-fn parse(text: &str) -> Answer {
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.get(9..12))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
+use crate::support::{parse_answer, request, tempdir, Answer, BinaryNode, TestNode, SECRET};
 
 fn cookie_line(token: &str) -> String {
     format!("Cookie: skywave_session={token}\r\n")
@@ -108,7 +56,7 @@ async fn samples(addr: SocketAddr, token: &str, count: usize) -> (Answer, Vec<Va
             .filter_map(|data| serde_json::from_str(data).ok())
             .collect();
         if found.len() >= count {
-            return (parse(&text), found);
+            return (parse_answer(&text), found);
         }
         let read = tokio::time::timeout_at(deadline, stream.read(&mut buffer))
             .await
@@ -337,4 +285,38 @@ async fn the_secret_never_reaches_the_log_even_at_debug() {
     for needle in [SECRET, wrong, token.as_str()] {
         assert!(!log.contains(needle), "{needle:?} in the log: {log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_at_shutdown_and_does_not_hold_it_up() {
+    let node = TestNode::start("").await;
+    let token = login(node.internal).await;
+    let mut stream = TcpStream::connect(node.internal).await.expect("connect");
+    let head = format!(
+        "GET /dashboard/events HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        cookie_line(&token)
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while !String::from_utf8_lossy(&seen).contains("event: sample") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("a first sample within 5 s")
+            .expect("read");
+        assert!(read > 0, "stream ended before a sample");
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    let started = std::time::Instant::now();
+    node.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with a stream open",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("the stream ends")
+        .ok();
 }
