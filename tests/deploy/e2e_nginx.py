@@ -310,7 +310,8 @@ class Cluster:
         self.procs.append(redis)
         wait_until("redis-server to answer PING", lambda: redis_ping(self.redis_port), 10)
 
-    def start_node(self, name):
+    def start_node(self, name, extra=""):
+        """A node in cluster mode; `extra` is appended to its YAML config."""
         ws_port, internal_port = free_port(), free_port()
         config = os.path.join(self.tmp, f"{name}.yaml")
         with open(config, "w") as f:
@@ -319,7 +320,7 @@ class Cluster:
                 f"internal_port: {internal_port}\ninternal_bind: {LOOPBACK}\n"
                 f"worker_secret: \"{self.secret}\"\n"
                 f"redis_url: redis://{LOOPBACK}:{self.redis_port}/0\n"
-                "topic_ttl: 1h\n")
+                "topic_ttl: 1h\n" + extra)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKYWAVE_")}
         env.setdefault("RUST_LOG", "info")
         node = Process(name, [self.args.binary, "--config", config], os.path.join(self.tmp, f"{name}.log"), env)
