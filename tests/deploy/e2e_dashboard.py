@@ -36,6 +36,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # importing the helpers leaves no __pycache__ in the tree
 from devtools import open_page, start_chromium  # noqa: E402
 from e2e_nginx import LOOPBACK, Cluster, WebSocket, hex_token, http_request, wait_until  # noqa: E402
 from results import Failure, Results  # noqa: E402
