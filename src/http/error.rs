@@ -1,6 +1,7 @@
 //! The one place that maps internal API outcomes to HTTP status codes. Bodies
 //! are short plain text, as the PHP library expects; causes of 5xx go to the
-//! log only.
+//! log only. The dashboard's redirects and its refused login (an HTML page)
+//! are picked here too.
 
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,11 +23,57 @@ pub enum ApiError {
     BodyTimeout,
     /// A request that arrived after shutdown began (and `Connection: close`).
     ShuttingDown,
+    /// A dashboard page without a valid session: to the login page.
+    LoginFirst,
+    /// The dashboard's event stream without a valid session.
+    NoSession,
+    /// A login with a wrong (or no) secret; the body is the login page again.
+    WrongSecret(&'static str),
+}
+
+/// Where the dashboard sends the browser after a form (303: followed with a
+/// GET), with the session cookie to set or clear.
+pub struct SeeOther {
+    pub location: &'static str,
+    pub cookie: Option<String>,
+}
+
+impl IntoResponse for SeeOther {
+    fn into_response(self) -> Response {
+        let mut response = (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, HeaderValue::from_static(self.location)),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response();
+        if let Some(value) = self.cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        response
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
+            ApiError::LoginFirst => {
+                return SeeOther {
+                    location: "/dashboard",
+                    cookie: None,
+                }
+                .into_response()
+            }
+            ApiError::WrongSecret(page) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    *page,
+                )
+                    .into_response()
+            }
+            ApiError::NoSession => (StatusCode::UNAUTHORIZED, "login required"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),

@@ -1,11 +1,13 @@
 //! The internal listener: the HTTP API the publisher (PHP) calls, plus
-//! `/readyz` and `/metrics`. Every request passes one guard, in the Go
-//! worker's order: wrong method -> 405, missing or wrong secret -> 403 (for
-//! everything under `/internal/`; the probes and the Prometheus scrape need
-//! none and show nothing secret); the handlers then read the body (1 MiB
-//! cap -> 413, bad JSON -> 400).
+//! `/readyz`, `/metrics` and the operator's dashboard (`dashboard/`). Every
+//! request passes one guard, in the Go worker's order: wrong method -> 405,
+//! missing or wrong secret -> 403 (for everything under `/internal/`; the
+//! probes and the Prometheus scrape need none and show nothing secret; the
+//! dashboard's page and stream need a session cookie instead); the handlers
+//! then read the body (1 MiB cap -> 413, bad JSON -> 400).
 
 mod body;
+mod dashboard;
 mod error;
 
 use std::sync::atomic::Ordering;
@@ -21,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
+use self::dashboard::Dashboard;
 pub use self::error::ApiError;
 use crate::cluster::Mode;
 use crate::node::{Node, StatusRequest};
@@ -28,6 +31,8 @@ use crate::node::{Node, StatusRequest};
 pub const SECRET_HEADER: &str = "x-worker-secret";
 
 pub fn router(node: Arc<Node>) -> Router {
+    let dashboard = Dashboard::new(Arc::clone(&node));
+    let gate = (Arc::clone(&node), dashboard.clone());
     Router::new()
         .route("/internal/register", post(register))
         .route("/internal/unregister", post(unregister))
@@ -36,7 +41,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/status", get(status))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(Arc::clone(&node), guard))
+        .with_state(node)
+        .merge(dashboard.router())
+        .layer(middleware::from_fn_with_state(gate, guard))
         // A 503 from /readyz is an answer, not a failure of the server:
         // failures are logged where they happen, the trace layer only at debug.
         .layer(
@@ -44,43 +51,69 @@ pub fn router(node: Arc<Node>) -> Router {
                 tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
             ),
         )
-        .with_state(node)
+}
+
+/// What a caller must show to reach a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// `X-Worker-Secret`: the publisher's API.
+    Secret,
+    /// Nothing, even during shutdown: the readiness probe and the Prometheus
+    /// scrape, which carry aggregates only.
+    Open,
+    /// Nothing: the dashboard's login page and its forms.
+    Login,
+    /// A dashboard session, else a redirect to the login page.
+    Page,
+    /// A dashboard session, else 401: the event stream.
+    Feed,
 }
 
 /// The paths served, with the method each takes; unknown paths are 404
 /// before anything else.
-static ROUTES: [(&str, Method); 7] = [
-    ("/internal/register", Method::POST),
-    ("/internal/unregister", Method::POST),
-    ("/internal/publish", Method::POST),
-    ("/internal/push", Method::POST),
-    ("/internal/status", Method::GET),
-    ("/readyz", Method::GET),
-    ("/metrics", Method::GET),
+static ROUTES: [(&str, Method, Access); 12] = [
+    ("/internal/register", Method::POST, Access::Secret),
+    ("/internal/unregister", Method::POST, Access::Secret),
+    ("/internal/publish", Method::POST, Access::Secret),
+    ("/internal/push", Method::POST, Access::Secret),
+    ("/internal/status", Method::GET, Access::Secret),
+    ("/readyz", Method::GET, Access::Open),
+    ("/metrics", Method::GET, Access::Open),
+    ("/dashboard", Method::GET, Access::Login),
+    ("/dashboard/login", Method::POST, Access::Login),
+    ("/dashboard/logout", Method::POST, Access::Login),
+    ("/dashboard/live", Method::GET, Access::Page),
+    ("/dashboard/events", Method::GET, Access::Feed),
 ];
 
-fn route(path: &str) -> Option<&'static (&'static str, Method)> {
-    ROUTES.iter().find(|(known, _)| *known == path)
+fn route(path: &str) -> Option<&'static (&'static str, Method, Access)> {
+    ROUTES.iter().find(|(known, _, _)| *known == path)
 }
 
-/// Paths that answer without the secret: a readiness probe and the
-/// Prometheus scrape, which carry aggregates only.
-fn is_open(path: &str) -> bool {
-    matches!(path, "/readyz" | "/metrics")
-}
-
-async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+async fn guard(
+    State((node, dashboard)): State<(Arc<Node>, Dashboard)>,
+    request: Request,
+    next: Next,
+) -> Response {
     node.metrics().api_requests.fetch_add(1, Ordering::Relaxed);
-    let Some((path, allowed)) = route(request.uri().path()) else {
+    let Some((path, allowed, access)) = route(request.uri().path()) else {
         return ApiError::NotFound.into_response();
     };
     if request.method() != allowed {
         return ApiError::MethodNotAllowed(allowed.clone()).into_response();
     }
-    if !is_open(path) && !secret_matches(request.headers(), node.config().worker_secret.expose()) {
-        return ApiError::Forbidden.into_response();
+    let headers = request.headers();
+    let refused = match access {
+        Access::Secret => (!secret_matches(headers, node.config().worker_secret.expose()))
+            .then_some(ApiError::Forbidden),
+        Access::Page => (!dashboard.admits(headers)).then_some(ApiError::LoginFirst),
+        Access::Feed => (!dashboard.admits(headers)).then_some(ApiError::NoSession),
+        Access::Open | Access::Login => None,
+    };
+    if let Some(refused) = refused {
+        return refused.into_response();
     }
-    if node.is_stopping() && !is_open(path) {
+    if node.is_stopping() && *access != Access::Open {
         // Answered, never reset: the publisher learns this node is going.
         return ApiError::ShuttingDown.into_response();
     }
@@ -117,10 +150,14 @@ fn declared_too_large(headers: &HeaderMap) -> bool {
 
 /// Constant-time comparison; an empty or missing header never matches.
 fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
-    let Some(given) = headers.get(SECRET_HEADER) else {
-        return false;
-    };
-    let given = given.as_bytes();
+    headers
+        .get(SECRET_HEADER)
+        .is_some_and(|given| secret_equals(given.as_bytes(), secret))
+}
+
+/// Constant-time comparison of a secret given by a caller (header or login
+/// form); an empty one never matches.
+fn secret_equals(given: &[u8], secret: &str) -> bool {
     !given.is_empty() && given.ct_eq(secret.as_bytes()).into()
 }
 

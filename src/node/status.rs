@@ -88,10 +88,7 @@ impl Node {
         };
         let nodes = self.nodes().await;
         let mode = self.mode();
-        let redis_error = match (&self.cluster, mode) {
-            (Some(cluster), Mode::Degraded) => cluster.last_error(),
-            _ => None,
-        };
+        let redis_error = self.redis_error();
         StatusReport {
             status: "ok",
             version: crate::version(),
@@ -113,11 +110,24 @@ impl Node {
         }
     }
 
+    /// Why the node is degraded (the last Redis error), while it is.
+    pub fn redis_error(&self) -> Option<String> {
+        match (&self.cluster, self.mode()) {
+            (Some(cluster), Mode::Degraded) => cluster.last_error(),
+            _ => None,
+        }
+    }
+
+    /// This node's roster entry, seen now.
+    pub fn own_entry(&self) -> RosterEntry {
+        self.identity.entry(self.hub.counts())
+    }
+
     /// Every node seen: this node alone in single mode; the roster in
     /// cluster mode (with this node's own entry fresh, as it is alive now);
     /// `None` while Redis is configured but cannot be read.
-    async fn nodes(&self) -> Option<Vec<RosterEntry>> {
-        let own = self.identity.entry(self.hub.counts());
+    pub async fn nodes(&self) -> Option<Vec<RosterEntry>> {
+        let own = self.own_entry();
         let Some(cluster) = &self.cluster else {
             return Some(vec![own]);
         };

@@ -2,13 +2,14 @@
 # Deployment tests: static checks of the kit (compose.yaml, Dockerfile,
 # nginx/, deploy/skywave.service, docs), the monitoring files (Grafana
 # dashboard, Prometheus alerts) against real nodes, the Kubernetes manifests
-# against the Kubernetes JSON schemas, and the end-to-end runs through a real
+# against the Kubernetes JSON schemas, the end-to-end runs through a real
 # nginx and a real haproxy in front of two skywave nodes and a real
-# redis-server.
+# redis-server, and the dashboard of such a cluster in a real headless
+# Chromium (which rewrites docs/dashboard.png).
 #
 #   tests/deploy/run.sh [path/to/skywave]      (default target/release/skywave)
 #
-# Needs: python3 (>= 3.11), nginx, haproxy, redis-server, promtool,
+# Needs: python3 (>= 3.11), nginx, haproxy, chromium, redis-server, promtool,
 # systemd-analyze, and the pip packages in tests/deploy/requirements.txt
 # (scripts/test installs them all). check_files.py reports a missing tool as
 # SKIP; in the other tests a missing tool or package is a FAIL naming it.
@@ -18,7 +19,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 binary="${1:-$here/../../target/release/skywave}"
 
 passed=0 failed=0
-for test in check_files.py check_monitoring.py check_kubernetes.py e2e_nginx.py e2e_haproxy.py; do
+for test in check_files.py check_monitoring.py check_kubernetes.py e2e_nginx.py e2e_haproxy.py e2e_dashboard.py; do
   echo "== tests/deploy/$test"
   if python3 "$here/$test" "$binary"; then
     passed=$((passed + 1))

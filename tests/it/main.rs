@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster_chaos;
+mod dashboard;
 mod failures;
 mod fleet;
 mod health;

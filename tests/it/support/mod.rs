@@ -2,9 +2,11 @@
 //! in-process on port 0, a real `redis-server` on a free loopback port,
 //! WebSocket clients (tokio-tungstenite) and a small HTTP client.
 
+mod answer;
 mod process;
 mod redis_server;
 
+pub use self::answer::{parse_answer, request, Answer};
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
 
