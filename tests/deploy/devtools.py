@@ -10,7 +10,7 @@ import os
 import time
 import urllib.request
 
-from e2e_nginx import LOOPBACK, Process, WebSocket, wait_until
+from harness import LOOPBACK, Process, WebSocket, wait_until
 from results import Failure
 
 # The browser's origin for its DevTools socket (e2e_nginx's client sends it).

@@ -94,8 +94,8 @@ def run(args, results):
     page = publisher = None
     try:
         cluster.start_redis()
-        node_a = cluster.start_node("node-a", extra="node_name: node-a\n")
-        node_b = cluster.start_node("node-b", extra="node_name: node-b\n")
+        node_a = cluster.start_node("node-a")
+        node_b = cluster.start_node("node-b")
         ids = {}
         for node in (node_a, node_b):
             ids[node.name] = wait_until(f"{node.name} in cluster mode",
