@@ -23,10 +23,15 @@ pub struct ApiRequest {
     fields: HashMap<String, Box<RawValue>>,
 }
 
-/// Reads the body within `deadline`.
+/// Reads the API request body within `deadline`.
 pub async fn read(body: Body, deadline: Duration) -> Result<ApiRequest, ApiError> {
-    let collect = Limited::new(body, MAX_BODY).collect();
-    let collected = tokio::time::timeout(deadline, collect)
+    parse(&collect(body, MAX_BODY, deadline).await?)
+}
+
+/// A whole body of at most `cap` bytes (413 past it), within `deadline`
+/// (408 past it), read in pieces, never buffered beyond the cap.
+pub async fn collect(body: Body, cap: usize, deadline: Duration) -> Result<bytes::Bytes, ApiError> {
+    let collected = tokio::time::timeout(deadline, Limited::new(body, cap).collect())
         .await
         .map_err(|_| ApiError::BodyTimeout)?
         .map_err(|error| {
@@ -36,7 +41,7 @@ pub async fn read(body: Body, deadline: Duration) -> Result<ApiRequest, ApiError
                 ApiError::BadRequest("bad request: body could not be read")
             }
         })?;
-    parse(&collected.to_bytes())
+    Ok(collected.to_bytes())
 }
 
 /// A map, not a struct: serde would accept a JSON array for a struct.

@@ -22,7 +22,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use sha2::{Digest, Sha256};
 
 use super::error::SeeOther;
@@ -192,17 +191,9 @@ async fn events(State(dashboard): State<Dashboard>) -> impl IntoResponse {
 
 /// The form body, at most [`MAX_FORM`] bytes, within `deadline`.
 async fn read_form(body: Body, deadline: std::time::Duration) -> Result<Vec<u8>, ApiError> {
-    let collected = tokio::time::timeout(deadline, Limited::new(body, MAX_FORM).collect())
-        .await
-        .map_err(|_| ApiError::BodyTimeout)?
-        .map_err(|error| {
-            if error.downcast_ref::<LengthLimitError>().is_some() {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest("bad request: body could not be read")
-            }
-        })?;
-    Ok(collected.to_bytes().to_vec())
+    Ok(super::body::collect(body, MAX_FORM, deadline)
+        .await?
+        .to_vec())
 }
 
 #[cfg(test)]
