@@ -144,7 +144,7 @@ fn serve_internal(
                 };
                 let router = crate::http::router(Arc::clone(&node));
                 let connections = TaskTracker::new();
-                serve_connections(listener, router, &node, &connections).await;
+                serve_connections(listener, router, &node, &connections, None).await;
                 // Requests in flight when shutdown began are answered before
                 // this runtime (and with it their tasks) goes away.
                 connections.close();
@@ -162,20 +162,23 @@ fn serve_internal(
 }
 
 /// The public listener: connections (and upgraded sockets) on the node's
-/// tracker, which shutdown waits for.
+/// tracker, which shutdown waits for, each with its kernel send queue
+/// bounded (`ws::UNSENT_LIMIT`).
 async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
-    serve_connections(listener, router, &node, node.tasks()).await;
+    let unsent_limit = Some(crate::ws::UNSENT_LIMIT);
+    serve_connections(listener, router, &node, node.tasks(), unsent_limit).await;
 }
 
 /// Accepts HTTP/1.1 connections for `router` (both listeners) with a
 /// deadline on the request head (slow-loris) and upgrades enabled, each on
 /// `tasks`; stops accepting at shutdown and lets open requests finish
-/// briefly.
+/// briefly. `unsent_limit` bounds each socket's not-yet-sent kernel queue.
 async fn serve_connections(
     listener: TcpListener,
     router: axum::Router,
     node: &Node,
     tasks: &TaskTracker,
+    unsent_limit: Option<u32>,
 ) {
     let header_timeout = node.config().limits.handshake_timeout;
     loop {
@@ -192,6 +195,10 @@ async fn serve_connections(
             _ = node.shutdown().cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(limit) = unsent_limit {
+            // Linux only; elsewhere the kernel's own sizing stays.
+            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(limit);
+        }
         let router = router.clone();
         let shutdown = node.shutdown().clone();
         tasks.spawn(async move {

@@ -127,6 +127,11 @@ impl Metrics {
                 &self.write_timeouts,
             ),
             (
+                "skywave_stalled_closes_total",
+                "sockets closed with 1013: nothing taken for 2 s while their queue overflowed",
+                &self.stalled_closes,
+            ),
+            (
                 "skywave_idle_timeouts_total",
                 "sockets dropped for silence",
                 &self.idle_timeouts,

@@ -10,4 +10,5 @@ mod layers;
 mod operator_paths;
 mod props;
 mod single_node;
+mod slow_sockets;
 mod support;

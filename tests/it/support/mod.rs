@@ -3,9 +3,11 @@
 //! WebSocket clients (tokio-tungstenite) and a small HTTP client.
 
 mod process;
+mod raw;
 mod redis_server;
 
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
+pub use self::raw::StuckSocket;
 pub use self::redis_server::{RedisServer, TlsFiles};
 
 use std::net::SocketAddr;
