@@ -250,4 +250,27 @@ mod tests {
         }
         assert_eq!(s.outbox().pop(), None);
     }
+
+    #[test]
+    fn a_batch_is_the_lag_notice_then_the_oldest_frames_kept() {
+        let hub = Hub::new(3);
+        let s = hub.subscribe("t", 1);
+        for i in 0..5 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        let mut got = Vec::new();
+        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 3);
+        assert_eq!(
+            got,
+            [
+                Outgoing::Lagged { missed: 2 },
+                Outgoing::Frame(frame("2")),
+                Outgoing::Frame(frame("3"))
+            ]
+        );
+        got.clear();
+        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 1);
+        assert_eq!(got, [Outgoing::Frame(frame("4"))]);
+        assert_eq!(s.outbox().pop_batch(3, |_| unreachable!()), 0);
+    }
 }

@@ -83,6 +83,29 @@ impl Outbox {
         next.map(Outgoing::Frame)
     }
 
+    /// Up to `max` things to write, in order, taken under one lock (a lag
+    /// notice first when frames were dropped); returns how many.
+    pub fn pop_batch(&self, max: usize, mut each: impl FnMut(Outgoing)) -> usize {
+        let mut pending = self.lock();
+        let mut count = 0;
+        if pending.missed > 0 && max > 0 {
+            let missed = std::mem::take(&mut pending.missed);
+            each(Outgoing::Lagged { missed });
+            count += 1;
+        }
+        while count < max {
+            let Some(frame) = pending.frames.pop_front() else {
+                break;
+            };
+            each(Outgoing::Frame(frame));
+            count += 1;
+        }
+        if pending.frames.is_empty() && pending.frames.capacity() > 16 {
+            pending.frames = VecDeque::new();
+        }
+        count
+    }
+
     /// Resolves when frames were queued since the last call (cancel-safe).
     pub async fn ready(&self) {
         self.ready.notified().await;

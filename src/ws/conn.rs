@@ -30,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use self::send::{OutFrame, Unsent};
 use super::codec::{self, DecodeError, Decoder, Inbound, Opcode};
 
+pub use self::send::BATCH;
+
 /// Why reading stopped; each maps to one close code in the session.
 #[derive(Debug)]
 pub enum ReadError {

@@ -45,7 +45,7 @@ pub const MAX_INBOUND_MESSAGE: usize = 4096;
 /// the host's `tcp_mem` pressure mark, and most of the node's CPU went into
 /// copying frames nobody would read. Data in flight is not limited, so a
 /// socket that reads is as fast as before; a stuck one now holds this plus
-/// what its peer's window took (~190 KiB each, measured).
+/// what its peer's window took (~210 KiB each, measured).
 pub const UNSENT_LIMIT: u32 = 64 * 1024;
 
 pub use self::limits::{Admission, Admissions, Refused};

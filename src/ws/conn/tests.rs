@@ -290,3 +290,23 @@ async fn a_write_cut_short_is_finished_before_the_next_frame() {
     let conn = writer.await.expect("writer");
     assert_eq!(conn.taken(), (10 + len + 13) as u64);
 }
+
+#[tokio::test]
+async fn a_batch_goes_out_in_order() {
+    let (mut conn, mut client) = pair().await;
+    let payloads: Vec<Bytes> = (0..BATCH + 3)
+        .map(|i| Bytes::from(format!("{i:02}")))
+        .collect();
+    assert!(
+        conn.start_texts(&payloads).expect("start"),
+        "a small batch goes out at once"
+    );
+    let mut got = vec![0u8; payloads.len() * 4];
+    client.read_exact(&mut got).await.expect("frames");
+    for (i, frame) in got.chunks(4).enumerate() {
+        assert_eq!(
+            frame,
+            [&[0x81, 2][..], format!("{i:02}").as_bytes()].concat()
+        );
+    }
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use self::close::{close_with, fail, reply_to_close};
-use self::write::{frame_for, write, WriteError, WRITE_TIMEOUT};
+use self::write::{write, write_queued, WriteError, WRITE_TIMEOUT};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::codec::Inbound;
 use super::conn::Connection;
@@ -72,11 +72,14 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                 return;
             }
             _ = outbox.ready() => {
-                while let Some(item) = outbox.pop() {
-                    let frame = frame_for(item, &node);
-                    if let Err(error) = write(&mut conn, &node, Some(outbox), &frame).await {
-                        Box::pin(end_after(&mut conn, error)).await;
-                        return;
+                loop {
+                    match write_queued(&mut conn, &node, outbox).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(error) => {
+                            Box::pin(end_after(&mut conn, error)).await;
+                            return;
+                        }
                     }
                 }
             }

@@ -7,7 +7,7 @@
 //!   it with 1013. A slow socket keeps taking bytes and is only `lagged`; a
 //!   stuck one costs its bounded outbox (and the kernel's bounded send
 //!   queue, see `ws::UNSENT_LIMIT`) for 2–2.5 s, then nothing.
-//! - *timed out*: one frame not written within [`WRITE_TIMEOUT`].
+//! - *timed out*: one write not done within [`WRITE_TIMEOUT`].
 //!
 //! A pending write holds no thread: the socket is non-blocking and the
 //! session task is parked on it.
@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
-use super::super::conn::Connection;
+use super::super::conn::{Connection, BATCH};
 use crate::frames;
 use crate::hub::{Frame, Outbox, Outgoing};
 use crate::node::Node;
 
-/// One frame must be written within this, whatever the socket's queue.
+/// One write (a frame, or a batch of queued ones) must be done within this,
+/// whatever the socket's queue.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A socket whose outbox overflows and that takes no byte for this long is
 /// stuck, not slow.
@@ -36,7 +37,7 @@ pub enum WriteError {
     Gone,
     /// Nothing taken for [`STALL_TIMEOUT`] while frames were dropped for it.
     Stalled,
-    /// The frame was not written within [`WRITE_TIMEOUT`].
+    /// The write was not done within [`WRITE_TIMEOUT`].
     TimedOut,
 }
 
@@ -49,6 +50,20 @@ pub async fn write(
     frame: &Frame,
 ) -> Result<(), WriteError> {
     write_all(conn, node, outbox, std::slice::from_ref(frame)).await
+}
+
+/// Writes what the outbox holds, up to [`BATCH`] frames (in one write when
+/// the socket takes them at once), within the bounds; how many there were
+/// (0: the outbox was empty).
+pub async fn write_queued(
+    conn: &mut Connection,
+    node: &Node,
+    outbox: &Outbox,
+) -> Result<usize, WriteError> {
+    let mut batch = Batch::Empty;
+    let count = outbox.pop_batch(BATCH, |item| batch.push(frame_for(item, node)));
+    write_all(conn, node, Some(outbox), batch.frames()).await?;
+    Ok(count)
 }
 
 async fn write_all(
@@ -65,8 +80,40 @@ async fn write_all(
     }
 }
 
+/// Frames taken from an outbox at once; a single one needs no allocation.
+enum Batch {
+    Empty,
+    One(Frame),
+    Many(Vec<Frame>),
+}
+
+impl Batch {
+    fn push(&mut self, frame: Frame) {
+        *self = match std::mem::replace(self, Batch::Empty) {
+            Batch::Empty => Batch::One(frame),
+            Batch::One(first) => {
+                let mut frames = Vec::with_capacity(BATCH);
+                frames.extend([first, frame]);
+                Batch::Many(frames)
+            }
+            Batch::Many(mut frames) => {
+                frames.push(frame);
+                Batch::Many(frames)
+            }
+        }
+    }
+
+    fn frames(&self) -> &[Frame] {
+        match self {
+            Batch::Empty => &[],
+            Batch::One(frame) => std::slice::from_ref(frame),
+            Batch::Many(frames) => frames,
+        }
+    }
+}
+
 /// What the session writes for an outbox item.
-pub fn frame_for(item: Outgoing, node: &Node) -> Frame {
+fn frame_for(item: Outgoing, node: &Node) -> Frame {
     match item {
         Outgoing::Frame(frame) => frame,
         Outgoing::Lagged { missed } => {
