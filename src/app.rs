@@ -1,9 +1,12 @@
 //! Wiring: builds the node from a config, binds both listeners (port 0 works,
 //! for tests), and runs everything until a shutdown future resolves.
 //!
-//! Shutdown order: leave the cluster roster, stop accepting, close every
-//! socket with 1001 (sessions watch the node's cancellation token), then wait
-//! (bounded) for every tracked task, upgraded sockets included.
+//! Shutdown order: leave the cluster roster, stop accepting and refuse new
+//! publishes (503), deliver what was accepted and let every socket take
+//! what is queued for it (2 s for the whole node, `node::SHUTDOWN_DRAIN`),
+//! close every socket with 1001 (sessions watch the node's cancellation
+//! token), then wait (bounded) for every tracked task, upgraded sockets
+//! included.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -103,7 +106,7 @@ impl App {
             .context("cannot start the internal API thread")?;
 
         shutdown.await;
-        tracing::info!("shutting down: closing every socket with 1001");
+        tracing::info!("shutting down: flushing every socket, then closing it with 1001");
         node.stop().await;
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tasks().wait())
             .await
@@ -112,6 +115,16 @@ impl App {
             tracing::warn!(
                 remaining = node.tasks().len(),
                 "shutdown grace period over; exiting with tasks still running"
+            );
+        }
+        let unflushed = node
+            .metrics()
+            .shutdown_unflushed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if unflushed > 0 {
+            tracing::warn!(
+                sockets = unflushed,
+                "shutdown: sockets closed before they took every queued frame"
             );
         }
         // The internal thread returns once its in-flight requests are

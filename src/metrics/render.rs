@@ -132,6 +132,11 @@ impl Metrics {
                 &self.stalled_closes,
             ),
             (
+                "skywave_shutdown_unflushed_total",
+                "sockets closed at shutdown before taking every queued frame",
+                &self.shutdown_unflushed,
+            ),
+            (
                 "skywave_idle_timeouts_total",
                 "sockets dropped for silence",
                 &self.idle_timeouts,

@@ -5,7 +5,9 @@
 //! the client saw `auth_ok` always reaches it), then writes queued frames,
 //! answers pings and `worker.status` requests, pings every 30 s and drops the
 //! socket after 60 s of silence. Writes and their bounds (a stuck socket is
-//! closed with 1013) are `write.rs`; the close codes are `close.rs`.
+//! closed with 1013) are `write.rs`; the close codes are `close.rs`. At
+//! shutdown the session first writes what was queued for it (bounded by the
+//! node's drain deadline), then closes with 1001.
 
 mod close;
 mod write;
@@ -17,12 +19,12 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use self::close::{close_with, fail, reply_to_close};
-use self::write::{write, write_queued, WriteError, WRITE_TIMEOUT};
+use self::write::{drain, write, write_queued, WriteError, WRITE_TIMEOUT};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::codec::Inbound;
 use super::conn::Connection;
 use crate::frames;
-use crate::hub::Frame;
+use crate::hub::{Frame, Outbox};
 use crate::metrics::Refusal;
 use crate::node::{Node, StatusRequest};
 use crate::registry::{TopicMeta, STATUS_TOPIC};
@@ -68,16 +70,18 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
         }
         tokio::select! {
             () = &mut shutdown => {
-                close_with(&mut conn, close::GOING_AWAY, "server shutting down").await;
+                Box::pin(flush_and_close(&mut conn, &node, outbox)).await;
                 return;
             }
             _ = outbox.ready() => {
-                loop {
+                // Until shutdown, whose branch then takes over (an atomic
+                // read: the token's own check takes a lock).
+                while node.drain_deadline().is_none() {
                     match write_queued(&mut conn, &node, outbox).await {
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(error) => {
-                            Box::pin(end_after(&mut conn, error)).await;
+                            Box::pin(end_after(&mut conn, &node, error)).await;
                             return;
                         }
                     }
@@ -112,7 +116,7 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                         let request = StatusRequest { uptime_seconds: true, ..Default::default() };
                         let report = Box::pin(node.status(request)).await;
                         if let Err(error) = write(&mut conn, &node, Some(outbox), &frames::status(&report)).await {
-                            Box::pin(end_after(&mut conn, error)).await;
+                            Box::pin(end_after(&mut conn, &node, error)).await;
                             return;
                         }
                     }
@@ -136,11 +140,32 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
     }
 }
 
+/// At shutdown: what was queued for the socket first, then 1001.
+async fn flush_and_close(conn: &mut Connection, node: &Node, outbox: &Outbox) {
+    match drain(conn, node, outbox).await {
+        Ok(()) => {}
+        Err(WriteError::Gone) => return,
+        Err(_) => {
+            node.metrics()
+                .shutdown_unflushed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    close_with(conn, close::GOING_AWAY, "server shutting down").await;
+}
+
 /// How the session ends after a write that did not complete.
-async fn end_after(conn: &mut Connection, error: WriteError) {
+async fn end_after(conn: &mut Connection, node: &Node, error: WriteError) {
     match error {
         WriteError::Gone | WriteError::TimedOut => {}
         WriteError::Stalled => close_with(conn, close::TRY_AGAIN_LATER, "not reading").await,
+        // Shutdown began during the write and its deadline passed.
+        WriteError::Deadline => {
+            node.metrics()
+                .shutdown_unflushed
+                .fetch_add(1, Ordering::Relaxed);
+            close_with(conn, close::GOING_AWAY, "server shutting down").await;
+        }
     }
 }
 

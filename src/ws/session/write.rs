@@ -8,9 +8,10 @@
 //!   stuck one costs its bounded outbox (and the kernel's bounded send
 //!   queue, see `ws::UNSENT_LIMIT`) for 2–2.5 s, then nothing.
 //! - *timed out*: one write not done within [`WRITE_TIMEOUT`].
+//! - once shutdown has begun, the node's drain deadline.
 //!
 //! A pending write holds no thread: the socket is non-blocking and the
-//! session task is parked on it.
+//! session task is parked on it. [`drain`] is the last flush at shutdown.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use super::super::conn::{Connection, BATCH};
 use crate::frames;
 use crate::hub::{Frame, Outbox, Outgoing};
-use crate::node::Node;
+use crate::node::{Node, SHUTDOWN_DRAIN};
 
 /// One write (a frame, or a batch of queued ones) must be done within this,
 /// whatever the socket's queue.
@@ -39,6 +40,8 @@ pub enum WriteError {
     Stalled,
     /// The write was not done within [`WRITE_TIMEOUT`].
     TimedOut,
+    /// The shutdown drain deadline passed.
+    Deadline,
 }
 
 /// Writes one text frame within its bounds; `outbox` is the socket's
@@ -125,6 +128,34 @@ fn frame_for(item: Outgoing, node: &Node) -> Frame {
     }
 }
 
+/// At shutdown: writes everything queued for the socket, waiting for the
+/// fan-out task to hand over every publish accepted before the signal, until
+/// the node's drain deadline. `Ok` when nothing was left behind.
+pub async fn drain(conn: &mut Connection, node: &Node, outbox: &Outbox) -> Result<(), WriteError> {
+    let deadline = node
+        .drain_deadline()
+        .unwrap_or_else(|| Instant::now() + SHUTDOWN_DRAIN);
+    let fanout = node.fanout_drained();
+    tokio::pin!(fanout);
+    let mut fanout_done = false;
+    loop {
+        while write_queued(conn, node, outbox).await? > 0 {
+            if Instant::now() >= deadline {
+                return Err(WriteError::Deadline);
+            }
+        }
+        // Empty after the fan-out task was done: every accepted frame is out.
+        if fanout_done {
+            return Ok(());
+        }
+        tokio::select! {
+            () = &mut fanout => fanout_done = true,
+            () = outbox.ready() => {}
+            () = sleep_until(deadline) => return Err(WriteError::Deadline),
+        }
+    }
+}
+
 /// Waits for the rest of a frame the socket did not take at once.
 async fn finish(
     conn: &mut Connection,
@@ -134,13 +165,22 @@ async fn finish(
     let started = Instant::now();
     let mut progress_at = started;
     let mut taken = conn.taken();
-    let limit = sleep_until(started + WRITE_TIMEOUT);
+    let mut draining = node.drain_deadline();
+    let limit = sleep_until(limit_for(started, draining));
     let check = sleep_until(started + CHECK_EVERY);
-    tokio::pin!(limit, check);
+    let shutdown = node.shutdown().cancelled();
+    tokio::pin!(limit, check, shutdown);
     loop {
         tokio::select! {
             result = conn.flush() => return result.map_err(|_| WriteError::Gone),
+            () = &mut shutdown, if draining.is_none() => {
+                draining = Some(node.drain_deadline().unwrap_or_else(|| Instant::now() + SHUTDOWN_DRAIN));
+                limit.as_mut().reset(limit_for(started, draining));
+            }
             () = &mut limit => {
+                if draining.is_some_and(|deadline| Instant::now() >= deadline) {
+                    return Err(WriteError::Deadline);
+                }
                 node.metrics().write_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("dropping a socket whose write did not complete in time");
                 return Err(WriteError::TimedOut);
@@ -151,7 +191,11 @@ async fn finish(
                     taken = conn.taken();
                     progress_at = now;
                 }
-                if now - progress_at >= STALL_TIMEOUT && outbox.is_some_and(Outbox::is_lagging) {
+                // At shutdown the drain deadline alone applies.
+                if draining.is_none()
+                    && now - progress_at >= STALL_TIMEOUT
+                    && outbox.is_some_and(Outbox::is_lagging)
+                {
                     node.metrics().stalled_closes.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("closing a socket that takes nothing while its queue overflows");
                     return Err(WriteError::Stalled);
@@ -160,4 +204,10 @@ async fn finish(
             }
         }
     }
+}
+
+/// The write time-out, or the drain deadline if that comes first.
+fn limit_for(started: Instant, draining: Option<Instant>) -> Instant {
+    let timeout = started + WRITE_TIMEOUT;
+    draining.map_or(timeout, |deadline| deadline.min(timeout))
 }

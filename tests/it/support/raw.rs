@@ -1,11 +1,15 @@
 //! Clients written on raw TCP, for what the WebSocket and HTTP clients
-//! cannot do: a socket that authenticates and then never reads.
+//! cannot do: a socket that authenticates and then never reads, and a
+//! publisher that pipelines its requests on one keep-alive connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+use super::SECRET;
 
 /// A browser that stops reading after `auth_ok` (a dead network path, a
 /// frozen process): the server's frames pile up in the kernel, then in its
@@ -77,4 +81,72 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
+}
+
+/// Publishes every payload to `topic` on one keep-alive connection, all
+/// requests written at once (HTTP/1.1 pipelining, answered in order), and
+/// returns the status of each in order, for as long as the server answers.
+/// `answered` is called with the count after each answer.
+pub async fn publish_pipelined(
+    internal: SocketAddr,
+    topic: &str,
+    payloads: &[Value],
+    mut answered: impl FnMut(usize),
+) -> Vec<u16> {
+    let stream = TcpStream::connect(internal).await.expect("connect");
+    let (reader, mut writer) = stream.into_split();
+    let mut requests = Vec::new();
+    for payload in payloads {
+        let body = serde_json::json!({"topic": topic, "payload": payload}).to_string();
+        requests.extend(
+            format!(
+                "POST /internal/publish HTTP/1.1\r\nHost: {internal}\r\nX-Worker-Secret: {SECRET}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+    }
+    let writing = tokio::spawn(async move {
+        // The server may stop reading (shutdown): that is not an error here.
+        let _ = writer.write_all(&requests).await;
+        writer
+    });
+    let mut reader = BufReader::new(reader);
+    let mut statuses = Vec::new();
+    while statuses.len() < payloads.len() {
+        let Some(status) = read_answer(&mut reader).await else {
+            break;
+        };
+        statuses.push(status);
+        answered(statuses.len());
+    }
+    writing.abort();
+    statuses
+}
+
+/// One HTTP answer's status (its body skipped); `None` once the connection ends.
+async fn read_answer(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<u16> {
+    let mut line = String::new();
+    let mut status = None;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let text = line.trim_end();
+        if status.is_none() {
+            status = text.get(9..12).and_then(|code| code.parse().ok());
+        } else if text.is_empty() {
+            break;
+        } else if let Some((name, value)) = text.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).await.ok()?;
+    status
 }
