@@ -1,9 +1,12 @@
 //! Wiring: builds the node from a config, binds both listeners (port 0 works,
 //! for tests), and runs everything until a shutdown future resolves.
 //!
-//! Shutdown order: leave the cluster roster, stop accepting, close every
-//! socket with 1001 (sessions watch the node's cancellation token), then wait
-//! (bounded) for every tracked task, upgraded sockets included.
+//! Shutdown order: leave the cluster roster, stop accepting and refuse new
+//! publishes (503), deliver what was accepted and let every socket take
+//! what is queued for it (2 s for the whole node, `node::SHUTDOWN_DRAIN`),
+//! close every socket with 1001 (sessions watch the node's cancellation
+//! token), then wait (bounded) for every tracked task, upgraded sockets
+//! included.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -107,7 +110,7 @@ impl App {
             .context("cannot start the internal API thread")?;
 
         shutdown.await;
-        tracing::info!("shutting down: closing every socket with 1001");
+        tracing::info!("shutting down: flushing every socket, then closing it with 1001");
         node.stop().await;
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tasks().wait())
             .await
@@ -116,6 +119,16 @@ impl App {
             tracing::warn!(
                 remaining = node.tasks().len(),
                 "shutdown grace period over; exiting with tasks still running"
+            );
+        }
+        let unflushed = node
+            .metrics()
+            .shutdown_unflushed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if unflushed > 0 {
+            tracing::warn!(
+                sockets = unflushed,
+                "shutdown: sockets closed before they took every queued frame"
             );
         }
         // The internal thread returns once its in-flight requests are
@@ -148,7 +161,8 @@ fn serve_internal(
                 };
                 let router = crate::http::router(Arc::clone(&node));
                 let connections = TaskTracker::new();
-                serve_connections(listener, router, &node, &connections, INTERNAL_DRAIN).await;
+                serve_connections(listener, router, &node, &connections, INTERNAL_DRAIN, None)
+                    .await;
                 // Requests in flight when shutdown began are answered before
                 // this runtime (and with it their tasks) goes away.
                 connections.close();
@@ -166,21 +180,32 @@ fn serve_internal(
 }
 
 /// The public listener: connections (and upgraded sockets) on the node's
-/// tracker, which shutdown waits for.
+/// tracker, which shutdown waits for, each with its kernel send queue
+/// bounded (`ws::UNSENT_LIMIT`).
 async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
-    serve_connections(listener, router, &node, node.tasks(), Duration::ZERO).await;
+    let unsent_limit = Some(crate::ws::UNSENT_LIMIT);
+    serve_connections(
+        listener,
+        router,
+        &node,
+        node.tasks(),
+        Duration::ZERO,
+        unsent_limit,
+    )
+    .await;
 }
 
 /// Accepts HTTP/1.1 connections for `router` (both listeners) with a
 /// deadline on the request head (slow-loris) and upgrades enabled, each on
 /// `tasks`; stops accepting at shutdown and lets open requests finish
-/// briefly.
+/// briefly. `unsent_limit` bounds each socket's not-yet-sent kernel queue.
 async fn serve_connections(
     listener: TcpListener,
     router: axum::Router,
     node: &Node,
     tasks: &TaskTracker,
     drain: Duration,
+    unsent_limit: Option<u32>,
 ) {
     let header_timeout = node.config().limits.handshake_timeout;
     loop {
@@ -197,6 +222,10 @@ async fn serve_connections(
             _ = node.shutdown().cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(limit) = unsent_limit {
+            // Linux only; elsewhere the kernel's own sizing stays.
+            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(limit);
+        }
         let router = router.clone();
         let shutdown = node.shutdown().clone();
         tasks.spawn(async move {

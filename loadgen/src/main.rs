@@ -5,6 +5,7 @@
 //! Loopback only, bounded in count and time: every scenario refuses
 //! non-loopback targets and stops by itself.
 
+mod failures;
 mod measure;
 mod proto;
 mod scenario;
@@ -117,6 +118,38 @@ enum Scenario {
         target: TargetArgs,
         #[arg(long, default_value_t = 10_000)]
         sockets: usize,
+    },
+    /// Sockets that never read next to sockets that do, one topic: what the
+    /// readers get, when the server closes the stuck ones.
+    Stuck {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 1_000)]
+        stuck: usize,
+        #[arg(long, default_value_t = 3)]
+        readers: usize,
+        #[arg(long, default_value_t = 2_000)]
+        publishes: u64,
+        #[arg(long, default_value_t = 10_000)]
+        payload_bytes: usize,
+        /// Publishes per second; 0 publishes back-to-back.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
+    /// A publish stream, then SIGTERM right after the last publish was
+    /// answered 200: did every socket get every accepted publish before 1001?
+    Drain {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 5_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 150)]
+        publishes: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// Publishes per second; 0 publishes back-to-back.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// A few seconds of each scenario at small N against a server this
     /// command starts itself; exits non-zero unless every delivery arrived.
@@ -259,6 +292,40 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
         }
         Scenario::Sigterm { target: t, sockets } => {
             scenario::sigterm(&target(t)?, bounded(sockets)?).await
+        }
+        Scenario::Stuck {
+            target: t,
+            stuck,
+            readers,
+            publishes,
+            payload_bytes,
+            rate,
+        } => {
+            failures::stuck(
+                &target(t)?,
+                bounded(stuck)?,
+                bounded(readers)?,
+                publishes.min(1_000_000),
+                payload_bytes.min(512 * 1024),
+                rate,
+            )
+            .await
+        }
+        Scenario::Drain {
+            target: t,
+            sockets,
+            publishes,
+            payload_bytes,
+            rate,
+        } => {
+            failures::drain(
+                &target(t)?,
+                bounded(sockets)?,
+                publishes.min(1_000_000),
+                payload_bytes.min(512 * 1024),
+                rate,
+            )
+            .await
         }
         Scenario::Smoke { server_bin } => smoke(&server_bin).await,
     }

@@ -110,7 +110,13 @@ impl Browser {
                     return String::from_utf8(payload)
                         .map_err(|_| anyhow!("text frame is not UTF-8"))
                 }
-                0x8 => bail!("closed by the server"),
+                0x8 => match payload.get(..2) {
+                    Some(code) => bail!(
+                        "closed by the server with {}",
+                        u16::from_be_bytes([code[0], code[1]])
+                    ),
+                    None => bail!("closed by the server"),
+                },
                 0x9 => {
                     self.stream
                         .get_mut()

@@ -24,17 +24,17 @@ pub struct Target {
 
 const CONNECT_CONCURRENCY: usize = 64;
 
-fn topic_name(run: &str, k: usize) -> String {
+pub(crate) fn topic_name(run: &str, k: usize) -> String {
     format!("load-{run}-{k}")
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!("{:x}", unix_now() ^ i64::from(std::process::id()))
 }
 
 /// Opens `count` authenticated sockets spread over `topics`; returns them
 /// with their topic index, the elapsed time and per-connect latencies (µs).
-async fn open_many(
+pub(crate) async fn open_many(
     target: &Target,
     topics: &[String],
     count: usize,
@@ -93,7 +93,11 @@ async fn open_many(
     Ok((sockets, started.elapsed(), latencies))
 }
 
-async fn wait_sockets(publisher: &mut Publisher, want: usize, within: Duration) -> Result<()> {
+pub(crate) async fn wait_sockets(
+    publisher: &mut Publisher,
+    want: usize,
+    within: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let status = publisher.status().await?;
@@ -390,7 +394,7 @@ async fn receive(
 }
 
 /// The integer after `key` in `text` (a light parse: the receivers must stay cheap).
-fn field(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn field(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
     let digits: &str = &text[start..];
     let end = digits

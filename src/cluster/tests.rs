@@ -32,7 +32,12 @@ async fn a_panicking_task_is_counted_shown_and_restarted() {
     let hub = Hub::new(4);
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let token = CancellationToken::new();
-    let (dispatcher, _fanout) = Dispatcher::new(Arc::clone(&hub), metrics, token.clone());
+    let (dispatcher, _fanout) = Dispatcher::new(
+        Arc::clone(&hub),
+        metrics,
+        token.clone(),
+        Duration::from_secs(1),
+    );
     let cluster = Cluster::new(Parts {
         registry: Registry::new(
             config.topic_ttl,

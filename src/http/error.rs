@@ -15,7 +15,8 @@ pub enum ApiError {
     PayloadTooLarge,
     TopicNotRegistered,
     Timeout,
-    /// `/readyz` while the node cannot serve, with the reason as the body.
+    /// The node cannot serve (`/readyz`; a publish once shutdown has
+    /// begun), with the reason as the body.
     NotReady(&'static str),
     /// Redis is up but refused a registry change (kept and retried here).
     RegistryRefused,

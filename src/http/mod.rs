@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 use self::dashboard::Dashboard;
 pub use self::error::ApiError;
 use crate::cluster::Mode;
-use crate::node::{Node, StatusRequest};
+use crate::node::{Node, PublishError, StatusRequest};
 
 pub const SECRET_HEADER: &str = "x-worker-secret";
 
@@ -189,9 +189,11 @@ async fn publish(State(node): State<Arc<Node>>, body: Body) -> Result<&'static s
     let payload = request.take_payload()?;
     let result = node.publish(topic, payload).await;
     node.metrics().observe_publish(started.elapsed());
-    result
-        .map(|()| "ok\n")
-        .map_err(|_| ApiError::TopicNotRegistered)
+    match result {
+        Ok(()) => Ok("ok\n"),
+        Err(PublishError::NotRegistered) => Err(ApiError::TopicNotRegistered),
+        Err(PublishError::ShuttingDown) => Err(ApiError::NotReady("shutting down")),
+    }
 }
 
 async fn status(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> Response {

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub dropped_frames: AtomicU64,
     pub lagged_notices: AtomicU64,
     pub write_timeouts: AtomicU64,
+    /// Sockets closed (1013) for taking nothing while their queue overflowed.
+    pub stalled_closes: AtomicU64,
+    /// Sockets closed at shutdown before they took everything queued.
+    pub shutdown_unflushed: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub oversize_messages: AtomicU64,
     pub api_requests: AtomicU64,

@@ -153,6 +153,16 @@ impl Metrics {
                 &self.write_timeouts,
             ),
             (
+                "skywave_stalled_closes_total",
+                "sockets closed with 1013: nothing taken for 2 s while their queue overflowed",
+                &self.stalled_closes,
+            ),
+            (
+                "skywave_shutdown_unflushed_total",
+                "sockets closed at shutdown before taking every queued frame",
+                &self.shutdown_unflushed,
+            ),
+            (
                 "skywave_idle_timeouts_total",
                 "sockets dropped for silence",
                 &self.idle_timeouts,

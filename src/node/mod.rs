@@ -7,9 +7,11 @@
 mod status;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +37,8 @@ pub struct Node {
     dispatcher: Dispatcher,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Set by `stop`: until when sockets may still be written to.
+    drain_deadline: OnceLock<Instant>,
     tasks: TaskTracker,
     /// The fan-out task, until `start` spawns it.
     fanout: Mutex<Option<Task>>,
@@ -43,9 +47,20 @@ pub struct Node {
     stopping: std::sync::atomic::AtomicBool,
 }
 
-/// The publish target is not registered (or expired).
+/// How long, at shutdown, the node goes on delivering what it accepted
+/// before the signal (the fan-out queue, then every socket's outbox) before
+/// the sockets get 1001: the whole node's budget, well within the 10 s in
+/// which the process exits.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Why a publish was not accepted.
 #[derive(Debug, PartialEq, Eq)]
-pub struct NotRegistered;
+pub enum PublishError {
+    /// The target is not registered (or expired).
+    NotRegistered,
+    /// Shutdown has begun: nothing accepted now could be delivered.
+    ShuttingDown,
+}
 
 impl Node {
     /// Builds the node from its configuration; nothing is connected or
@@ -55,8 +70,12 @@ impl Node {
         let identity = Arc::new(Identity::new(&config));
         let hub = Hub::new(config.limits.socket_queue);
         let metrics = Arc::new(Metrics::default());
-        let (dispatcher, fanout) =
-            Dispatcher::new(Arc::clone(&hub), Arc::clone(&metrics), shutdown.clone());
+        let (dispatcher, fanout) = Dispatcher::new(
+            Arc::clone(&hub),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+            SHUTDOWN_DRAIN,
+        );
         let shared = match &config.redis_url {
             Some(url) => Some((
                 Arc::new(Broker::new(&config, url)?),
@@ -84,6 +103,7 @@ impl Node {
             dispatcher,
             metrics,
             shutdown,
+            drain_deadline: OnceLock::new(),
             tasks: TaskTracker::new(),
             fanout: Mutex::new(Some(Box::pin(fanout))),
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -112,8 +132,20 @@ impl Node {
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
+        let _ = self.drain_deadline.set(Instant::now() + SHUTDOWN_DRAIN);
         self.shutdown.cancel();
         self.tasks.close();
+    }
+
+    /// Until when, once shutdown has begun, sockets may still be written to.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.drain_deadline.get().copied()
+    }
+
+    /// Resolves at shutdown once every publish accepted before it has been
+    /// queued into the sockets' outboxes (or the drain window ran out).
+    pub async fn fanout_drained(&self) {
+        self.dispatcher.drained().await;
     }
 
     /// Whether shutdown has begun.
@@ -171,23 +203,25 @@ impl Node {
     }
 
     /// Delivers `payload` to the topic's sockets here and, in cluster mode,
-    /// on every other node. Returns once the frame is queued.
-    pub async fn publish(
-        &self,
-        topic: String,
-        payload: Box<RawValue>,
-    ) -> Result<(), NotRegistered> {
+    /// on every other node. Returns once the frame is queued; refused once
+    /// shutdown has begun (so that what is accepted is delivered).
+    pub async fn publish(&self, topic: String, payload: Box<RawValue>) -> Result<(), PublishError> {
         if self.registry.lookup(&topic).await.is_none() {
             self.metrics
                 .publishes_not_registered
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(NotRegistered);
+            return Err(PublishError::NotRegistered);
         }
         let frame = crate::frames::push(&payload);
-        if let Some(cluster) = &self.cluster {
+        // Here first: a publish this node refuses goes to no other node.
+        let cluster_topic = self.cluster.as_ref().map(|_| topic.clone());
+        self.dispatcher
+            .try_dispatch(topic, frame)
+            .await
+            .map_err(|_| PublishError::ShuttingDown)?;
+        if let (Some(cluster), Some(topic)) = (&self.cluster, cluster_topic) {
             cluster.publish(&topic, &payload);
         }
-        self.dispatcher.dispatch(topic, frame).await;
         self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -7,20 +7,30 @@
 //!   stack for the length of one poll and straight into the decoder, which
 //!   keeps only what it still needs;
 //! - an outgoing frame is written as a small header plus the shared payload
-//!   (one vectored write), never copied per socket.
+//!   (one vectored write, up to 32 frames in one), never copied per socket
+//!   (`send.rs`);
+//! - writes are cancel-safe: what the socket does not take at once is kept
+//!   (boxed, so only a connection in that state pays for it) and goes out
+//!   before anything else, so a frame is never cut by a cancelled write and
+//!   the session may wait for it with timers of its own.
+
+mod send;
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use self::send::{OutFrame, Unsent};
 use super::codec::{self, DecodeError, Decoder, Inbound, Opcode};
+
+pub use self::send::BATCH;
 
 /// Why reading stopped; each maps to one close code in the session.
 #[derive(Debug)]
@@ -42,6 +52,11 @@ pub type Upgrade = TokioIo<Upgraded>;
 pub struct Connection<S = Upgrade> {
     stream: S,
     decoder: Decoder,
+    /// What the socket did not take at once.
+    unsent: Option<Box<Unsent>>,
+    /// Bytes the socket has taken so far: the session tells a slow socket
+    /// (this grows) from a stuck one (it does not).
+    taken: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -49,6 +64,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Connection {
             stream,
             decoder: Decoder::new(max_message),
+            unsent: None,
+            taken: 0,
         }
     }
 
@@ -78,24 +95,115 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Sends a text frame; `payload` must be UTF-8 (frames are built so).
+    /// Sends a text frame whole, in one call (the session uses
+    /// `start_texts` and `flush`, to watch a slow write). Cancel-safe once
+    /// polled: the frame is then written whole, by this call or the next
+    /// write (or [`flush`](Self::flush)).
+    #[cfg(test)]
     pub async fn send_text(&mut self, payload: &Bytes) -> io::Result<()> {
         self.send_frame(Opcode::Text, payload).await
     }
 
     pub async fn send_ping(&mut self) -> io::Result<()> {
-        self.send_frame(Opcode::Ping, &[]).await
+        self.send_frame(Opcode::Ping, &Bytes::new()).await
     }
 
     pub async fn send_pong(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.send_frame(Opcode::Pong, payload).await
+        self.send_frame(Opcode::Pong, &Bytes::copy_from_slice(payload))
+            .await
+    }
+
+    /// Writes what the socket takes now of text frames for `payloads` (in
+    /// order; UTF-8, as frames are built), without waiting, and keeps the
+    /// rest for [`flush`](Self::flush): true if all of it went out. Only
+    /// once nothing is left unsent (an error otherwise).
+    pub fn start_texts(&mut self, payloads: &[Bytes]) -> io::Result<bool> {
+        if self.unsent.is_some() {
+            return Err(io::Error::other("a frame is still being written"));
+        }
+        // A waker that does nothing: when the socket is full, the caller's
+        // `flush` polls again with its own, and is woken then.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.start_frames(Opcode::Text, payloads, &mut cx) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Finishes what an earlier write left unsent, if anything. Cancel-safe.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Connection {
+            stream,
+            unsent,
+            taken,
+            ..
+        } = self;
+        let Some(rest) = unsent.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = ready!(rest.poll_write(stream, cx, taken));
+        *unsent = None;
+        Poll::Ready(result)
+    }
+
+    /// Writes frames as far as the socket takes them; what it does not is
+    /// kept in `unsent` (only then boxed: one frame costs no allocation).
+    fn start_frames(
+        &mut self,
+        opcode: Opcode,
+        payloads: &[Bytes],
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let (mut done, mut sent) = (0, 0);
+        if let [payload] = payloads {
+            let frame = OutFrame::new(opcode, payload);
+            let frames = std::slice::from_ref(&frame);
+            let result = send::poll_write(
+                &mut self.stream,
+                cx,
+                frames,
+                &mut done,
+                &mut sent,
+                &mut self.taken,
+            );
+            if result.is_pending() {
+                self.unsent = Some(Unsent::rest(vec![frame], done, sent));
+            }
+            return result;
+        }
+        let frames: Vec<OutFrame> = payloads
+            .iter()
+            .map(|payload| OutFrame::new(opcode, payload))
+            .collect();
+        let result = send::poll_write(
+            &mut self.stream,
+            cx,
+            &frames,
+            &mut done,
+            &mut sent,
+            &mut self.taken,
+        );
+        if result.is_pending() {
+            self.unsent = Some(Unsent::rest(frames, done, sent));
+        }
+        result
+    }
+
+    /// Bytes the socket has taken since the connection was made.
+    pub fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// Sends a close frame (the reason cut to fit, at a character boundary)
     /// and the TCP FIN, then waits (bounded by the caller) for the peer to
-    /// finish, so the close frame is not lost to a reset.
+    /// finish, so the close frame is not lost to a reset. A frame left
+    /// unsent goes out first.
     pub async fn close(&mut self, code: u16, reason: &str) {
-        let payload = codec::close_payload(code, reason);
+        let payload = Bytes::from(codec::close_payload(code, reason));
         if self.send_frame(Opcode::Close, &payload).await.is_err() {
             return;
         }
@@ -105,23 +213,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         while let Ok(1..) = self.stream.read(&mut sink).await {}
     }
 
-    async fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
-        let mut header = [0u8; codec::MAX_HEADER];
-        let header_len = codec::encode_header(&mut header, opcode, payload.len());
-        let (mut head, mut body) = (&header[..header_len], payload);
-        while !head.is_empty() || !body.is_empty() {
-            let written = self
-                .stream
-                .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-                .await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+    async fn send_frame(&mut self, opcode: Opcode, payload: &Bytes) -> io::Result<()> {
+        self.flush().await?;
+        // The first poll hands the frame over; a cancelled call after it
+        // leaves the rest in `unsent`, never a cut frame.
+        let mut handed = false;
+        poll_fn(|cx| {
+            if std::mem::replace(&mut handed, true) {
+                self.poll_flush(cx)
+            } else {
+                self.start_frames(opcode, std::slice::from_ref(payload), cx)
             }
-            let from_head = written.min(head.len());
-            head = &head[from_head..];
-            body = &body[written - from_head..];
-        }
-        Ok(())
+        })
+        .await
     }
 }
 

@@ -4,7 +4,7 @@
 //! 429), the registry (404 for an unknown topic): cheapest first, so a
 //! request that is no handshake takes no admission slot and no registry
 //! lookup.
-//! `session.rs` runs each upgraded socket over `conn.rs` (socket I/O) and
+//! `session/` runs each upgraded socket over `conn.rs` (socket I/O) and
 //! `codec/` (the RFC 6455 framing, pure); `auth.rs` checks its first frame.
 //! Outgoing messages are encoded by `crate::frames`.
 
@@ -37,6 +37,16 @@ use crate::node::Node;
 
 /// Inbound messages larger than this close the socket with 1009.
 pub const MAX_INBOUND_MESSAGE: usize = 4096;
+
+/// The most a public socket's kernel send queue holds that has not been
+/// sent yet (`TCP_NOTSENT_LOWAT`, set by the listener at accept). Without
+/// it Linux grows the queue (to `tcp_wmem`'s 4 MiB here) for a client that
+/// never reads: 1,000 such sockets took 1.5–1.8 GiB of kernel memory, past
+/// the host's `tcp_mem` pressure mark, and most of the node's CPU went into
+/// copying frames nobody would read. Data in flight is not limited, so a
+/// socket that reads is as fast as before; a stuck one now holds this plus
+/// what its peer's window took (~210 KiB each, measured).
+pub const UNSENT_LIMIT: u32 = 64 * 1024;
 
 pub use self::limits::{Admission, Admissions, Refused};
 

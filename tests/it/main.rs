@@ -11,5 +11,7 @@ mod health;
 mod layers;
 mod operator_paths;
 mod props;
+mod shutdown;
 mod single_node;
+mod slow_sockets;
 mod support;

@@ -319,6 +319,7 @@ async fn mutual_tls_with_a_client_certificate() {
     let a = BinaryNode::start(&dir, "a", &with_cert).await;
     let b = BinaryNode::start(&dir, "b", &with_cert).await;
     wait_cluster(&a, 2).await;
+    wait_cluster(&b, 2).await;
     publish_crosses(&a, &b, "mtls-room").await;
     // The same server without a client certificate: refused, and it says so.
     let without = format!(

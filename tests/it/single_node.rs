@@ -13,12 +13,26 @@ async fn slow_socket_loses_oldest_frames_gets_lagged_and_never_slows_others() {
     node.register("busy", true).await;
     let mut fast = node.socket("busy", 1).await;
     let mut slow = node.socket("busy", 2).await;
-    // The slow socket does not read while 3,000 frames of 20 KiB go out:
-    // its kernel buffers fill, then its outbox (4 frames) drops the oldest.
+    // The slow socket reads only between bursts of 100 of the 3,000 frames
+    // of 20 KiB: during each, its kernel buffers fill, then its outbox (4
+    // frames) drops the oldest. It keeps taking bytes, so it is slow, not
+    // stuck (a socket that takes nothing for 2 s is closed: slow_sockets.rs).
     let blob = "x".repeat(20 * 1024);
     let total = 3_000;
     let mut fast_seen = 0;
+    let mut lagged = 0;
+    let mut last_seq = None;
+    let mut take = |frame: serde_json::Value| match frame["type"].as_str() {
+        Some("lagged") => lagged += frame["missed"].as_u64().unwrap(),
+        Some("push") => last_seq = frame["payload"]["seq"].as_u64(),
+        other => panic!("unexpected frame type {other:?}"),
+    };
     for seq in 0..total {
+        if seq % 100 == 99 {
+            while let Some(frame) = slow.recv_json(Duration::from_millis(50)).await {
+                take(frame);
+            }
+        }
         assert_eq!(
             node.publish("busy", &json!({"seq": seq, "blob": blob}))
                 .await,
@@ -33,14 +47,8 @@ async fn slow_socket_loses_oldest_frames_gets_lagged_and_never_slows_others() {
         fast_seen += 1;
     }
     assert_eq!(fast_seen, total);
-    let mut lagged = 0;
-    let mut last_seq = None;
     while let Some(frame) = slow.recv_json(Duration::from_secs(2)).await {
-        match frame["type"].as_str() {
-            Some("lagged") => lagged += frame["missed"].as_u64().unwrap(),
-            Some("push") => last_seq = frame["payload"]["seq"].as_u64(),
-            other => panic!("unexpected frame type {other:?}"),
-        }
+        take(frame);
     }
     assert!(lagged > 0, "the slow socket was told it lagged");
     assert_eq!(

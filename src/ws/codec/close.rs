@@ -1,7 +1,7 @@
 //! Close frame payloads (RFC 6455 section 5.5.1): a peer's, checked as far as
 //! the frame itself goes (length, UTF-8 reason), and the server's, whose
 //! reason is cut to fit a control frame at a character boundary. Whether a
-//! peer's code is one it may send is judged in `session.rs`.
+//! peer's code is one it may send is judged in `session/close.rs`.
 
 use super::header::MAX_CONTROL_PAYLOAD;
 use super::DecodeError;
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn codes_are_reported_unjudged() {
-        // session.rs decides what 0, 1005 or 2999 earn; the codec only reads them.
+        // session/close.rs decides what 0, 1005 or 2999 earn; the codec only reads them.
         for code in [0u16, 999, 1005, 2999, 5000, u16::MAX] {
             assert_eq!(parse_close(&code.to_be_bytes()), Ok(Some(code)));
         }

@@ -5,7 +5,7 @@
 //!
 //! Every server-side rule of the RFC is enforced here, beside its unit test,
 //! except the validity of a peer's close code: the decoder reports the code
-//! and `session.rs`, the one place that picks close codes, judges it.
+//! and `session/close.rs`, the one place that picks close codes, judges it.
 
 mod close;
 mod decoder;
@@ -31,7 +31,7 @@ pub enum Inbound {
     Close(Option<u16>),
 }
 
-/// Why decoding stopped; `session.rs` maps each to one close code.
+/// Why decoding stopped; `session/close.rs` maps each to one close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
     /// The peer broke the protocol (1002).

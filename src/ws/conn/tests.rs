@@ -240,3 +240,73 @@ async fn session_future_stays_small() {
     eprintln!("session future: {size} bytes");
     assert!(size <= 1536, "session future grew to {size} bytes");
 }
+
+#[tokio::test]
+async fn a_write_cut_short_is_finished_before_the_next_frame() {
+    let (mut conn, mut client) = pair().await;
+    // More than the kernel takes at once from a socket whose peer reads nothing.
+    let len = 8 * 1024 * 1024;
+    let big = Bytes::from(vec![b'a'; len]);
+    let small = Bytes::from_static(b"small");
+    assert!(
+        !conn.start_texts(&[big, small]).expect("start"),
+        "the socket cannot take 8 MiB at once"
+    );
+    assert!(
+        conn.start_texts(&[Bytes::from_static(b"x")]).is_err(),
+        "no second frame while one is unsent"
+    );
+    // A wait given up on (as the session's timers do) loses nothing ...
+    let taken = conn.taken();
+    assert!(taken > 0 && taken < len as u64);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(50), conn.flush()).await;
+    assert!(waited.is_err(), "still unsent while the peer reads nothing");
+    // ... and the next frame goes out only after the rest of this one.
+    let writer = tokio::spawn(async move {
+        conn.send_text(&Bytes::from_static(b"next"))
+            .await
+            .expect("send");
+        conn
+    });
+    let mut head = [0u8; 10];
+    client.read_exact(&mut head).await.expect("head");
+    assert_eq!(head[..2], [0x81, 127]);
+    assert_eq!(
+        u64::from_be_bytes(head[2..].try_into().expect("8")),
+        len as u64
+    );
+    let mut body = vec![0u8; len];
+    client.read_exact(&mut body).await.expect("body");
+    assert!(
+        body.iter().all(|b| *b == b'a'),
+        "the cut frame arrives whole"
+    );
+    let mut rest = [0u8; 13];
+    client.read_exact(&mut rest).await.expect("the rest");
+    assert_eq!(
+        &rest, b"\x81\x05small\x81\x04next",
+        "then the rest of the batch, then the next frame"
+    );
+    let conn = writer.await.expect("writer");
+    assert_eq!(conn.taken(), (10 + len + 13) as u64);
+}
+
+#[tokio::test]
+async fn a_batch_goes_out_in_order() {
+    let (mut conn, mut client) = pair().await;
+    let payloads: Vec<Bytes> = (0..BATCH + 3)
+        .map(|i| Bytes::from(format!("{i:02}")))
+        .collect();
+    assert!(
+        conn.start_texts(&payloads).expect("start"),
+        "a small batch goes out at once"
+    );
+    let mut got = vec![0u8; payloads.len() * 4];
+    client.read_exact(&mut got).await.expect("frames");
+    for (i, frame) in got.chunks(4).enumerate() {
+        assert_eq!(
+            frame,
+            [&[0x81, 2][..], format!("{i:02}").as_bytes()].concat()
+        );
+    }
+}

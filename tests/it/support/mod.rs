@@ -4,10 +4,12 @@
 
 mod answer;
 mod process;
+mod raw;
 mod redis_server;
 
 pub use self::answer::{parse_answer, request, Answer};
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
+pub use self::raw::{publish_pipelined, StuckSocket};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
 
 use std::net::SocketAddr;
@@ -249,6 +251,25 @@ impl Ws {
     pub async fn expect_silence(&mut self, for_: Duration, what: &str) {
         let got = self.recv_json(for_).await;
         assert_eq!(got, None, "{what}: expected nothing");
+    }
+
+    /// Every text frame (as JSON) until the server's close frame, and its
+    /// code (`None` if the connection ended without one or `within` passed).
+    pub async fn read_until_close(&mut self, within: Duration) -> (Vec<Value>, Option<u16>) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.0.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    frames.push(serde_json::from_str(&text).expect("server sends JSON"))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return (frames, frame.map(|f| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) | Err(_) => return (frames, None),
+            }
+        }
     }
 
     /// Waits for the close frame and returns its code.

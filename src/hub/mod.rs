@@ -6,15 +6,18 @@
 //! drops its *oldest* frame and counts it, so one slow socket costs a bounded
 //! amount of memory and never delays the publisher or any other socket.
 //!
-//! The hub also keeps the per-node counts the status endpoint reports.
+//! The hub also keeps the per-node counts the status endpoint reports; the
+//! outbox itself is `outbox.rs`.
 
-use std::collections::{HashMap, VecDeque};
+mod outbox;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
 
+pub use self::outbox::{Outbox, Outgoing};
 pub use crate::frames::Frame;
 
 pub struct Hub {
@@ -171,94 +174,6 @@ impl Drop for Subscription {
     }
 }
 
-/// The bounded queue between the hub and one socket's session task.
-pub struct Outbox {
-    queue: Mutex<Pending>,
-    ready: Notify,
-}
-
-struct Pending {
-    frames: VecDeque<Frame>,
-    /// Frames dropped since the session last took the count.
-    missed: u64,
-}
-
-/// What the session writes next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outgoing {
-    /// `missed` older frames were dropped before the frames that follow.
-    Lagged {
-        missed: u64,
-    },
-    Frame(Frame),
-}
-
-impl Outbox {
-    fn new() -> Self {
-        Outbox {
-            queue: Mutex::new(Pending {
-                frames: VecDeque::new(),
-                missed: 0,
-            }),
-            ready: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        // A panic while holding this lock cannot leave the queue inconsistent.
-        self.queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues a frame (the hub's capacity applies to every outbox); returns
-    /// true if an older frame was dropped for it.
-    fn push(&self, frame: Frame, capacity: usize) -> bool {
-        let dropped = {
-            let mut pending = self.lock();
-            let dropped = if pending.frames.len() >= capacity {
-                pending.frames.pop_front();
-                pending.missed += 1;
-                true
-            } else {
-                false
-            };
-            pending.frames.push_back(frame);
-            dropped
-        };
-        self.ready.notify_one();
-        dropped
-    }
-
-    /// The next thing to write, if any: a lag notice first when frames were dropped.
-    pub fn pop(&self) -> Option<Outgoing> {
-        let mut pending = self.lock();
-        if pending.missed > 0 {
-            let missed = std::mem::take(&mut pending.missed);
-            return Some(Outgoing::Lagged { missed });
-        }
-        let next = pending.frames.pop_front();
-        if pending.frames.is_empty() && pending.frames.capacity() > 16 {
-            // Give back what a burst made the queue grow to.
-            pending.frames = VecDeque::new();
-        }
-        next.map(Outgoing::Frame)
-    }
-
-    /// Resolves when frames were queued since the last call (cancel-safe).
-    pub async fn ready(&self) {
-        self.ready.notified().await;
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,10 +242,35 @@ mod tests {
             dropped += hub.deliver("t", &frame(&i.to_string())).dropped;
         }
         assert_eq!(dropped, 2);
+        assert!(s.outbox().is_lagging());
         assert_eq!(s.outbox().pop(), Some(Outgoing::Lagged { missed: 2 }));
+        assert!(!s.outbox().is_lagging(), "reported once");
         for want in ["2", "3", "4"] {
             assert_eq!(s.outbox().pop(), Some(Outgoing::Frame(frame(want))));
         }
         assert_eq!(s.outbox().pop(), None);
+    }
+
+    #[test]
+    fn a_batch_is_the_lag_notice_then_the_oldest_frames_kept() {
+        let hub = Hub::new(3);
+        let s = hub.subscribe("t", 1);
+        for i in 0..5 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        let mut got = Vec::new();
+        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 3);
+        assert_eq!(
+            got,
+            [
+                Outgoing::Lagged { missed: 2 },
+                Outgoing::Frame(frame("2")),
+                Outgoing::Frame(frame("3"))
+            ]
+        );
+        got.clear();
+        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 1);
+        assert_eq!(got, [Outgoing::Frame(frame("4"))]);
+        assert_eq!(s.outbox().pop_batch(3, |_| unreachable!()), 0);
     }
 }

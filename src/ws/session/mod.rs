@@ -4,8 +4,13 @@
 //! the socket in the hub *before* sending `auth_ok` (so a publish made after
 //! the client saw `auth_ok` always reaches it), then writes queued frames,
 //! answers pings and `worker.status` requests, pings every 30 s and drops the
-//! socket after 60 s of silence or a write that takes over 10 s. The only
-//! place that picks WebSocket close codes.
+//! socket after 60 s of silence. Writes and their bounds (a stuck socket is
+//! closed with 1013) are `write.rs`; the close codes are `close.rs`. At
+//! shutdown the session first writes what was queued for it (bounded by the
+//! node's drain deadline), then closes with 1001.
+
+mod close;
+mod write;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,30 +18,20 @@ use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
 
+use self::close::{close_with, fail, reply_to_close};
+use self::write::{drain, write, write_queued, WriteError, WRITE_TIMEOUT};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
-use super::codec::{DecodeError, Inbound};
-use super::conn::{Connection, ReadError};
+use super::codec::Inbound;
+use super::conn::Connection;
 use crate::frames;
-use crate::hub::{Frame, Outgoing};
+use crate::hub::{Frame, Outbox};
 use crate::metrics::Refusal;
 use crate::node::{Node, StatusRequest};
 use crate::registry::{TopicMeta, STATUS_TOPIC};
 
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const STATUS_THROTTLE: Duration = Duration::from_millis(700);
-/// Bound on the polite part of a close (close frame out, peer's close in).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-}
 
 pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: TopicMeta) {
     // Boxed: the handshake's state is needed once and should not stay in the
@@ -46,7 +41,10 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
     };
     let subscription = node.hub().subscribe(&topic, user_id);
     node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
-    if write(&mut conn, &node, &frames::auth_ok()).await.is_err() {
+    if write(&mut conn, &node, None, &frames::auth_ok())
+        .await
+        .is_err()
+    {
         return;
     }
     let is_status_topic = topic == STATUS_TOPIC;
@@ -72,20 +70,20 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
         }
         tokio::select! {
             () = &mut shutdown => {
-                close_with(&mut conn, close::GOING_AWAY, "server shutting down").await;
+                Box::pin(flush_and_close(&mut conn, &node, outbox)).await;
                 return;
             }
             _ = outbox.ready() => {
-                while let Some(item) = outbox.pop() {
-                    let frame = match item {
-                        Outgoing::Frame(frame) => frame,
-                        Outgoing::Lagged { missed } => {
-                            node.metrics().lagged_notices.fetch_add(1, Ordering::Relaxed);
-                            frames::lagged(missed)
+                // Until shutdown, whose branch then takes over (an atomic
+                // read: the token's own check takes a lock).
+                while node.drain_deadline().is_none() {
+                    match write_queued(&mut conn, &node, outbox).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(error) => {
+                            Box::pin(end_after(&mut conn, &node, error)).await;
+                            return;
                         }
-                    };
-                    if write(&mut conn, &node, &frame).await.is_err() {
-                        return;
                     }
                 }
             }
@@ -117,7 +115,8 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                         last_status = Some(Instant::now());
                         let request = StatusRequest { uptime_seconds: true, ..Default::default() };
                         let report = Box::pin(node.status(request)).await;
-                        if write(&mut conn, &node, &frames::status(&report)).await.is_err() {
+                        if let Err(error) = write(&mut conn, &node, Some(outbox), &frames::status(&report)).await {
+                            Box::pin(end_after(&mut conn, &node, error)).await;
                             return;
                         }
                     }
@@ -137,6 +136,35 @@ pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: Top
                     return;
                 }
             }
+        }
+    }
+}
+
+/// At shutdown: what was queued for the socket first, then 1001.
+async fn flush_and_close(conn: &mut Connection, node: &Node, outbox: &Outbox) {
+    match drain(conn, node, outbox).await {
+        Ok(()) => {}
+        Err(WriteError::Gone) => return,
+        Err(_) => {
+            node.metrics()
+                .shutdown_unflushed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    close_with(conn, close::GOING_AWAY, "server shutting down").await;
+}
+
+/// How the session ends after a write that did not complete.
+async fn end_after(conn: &mut Connection, node: &Node, error: WriteError) {
+    match error {
+        WriteError::Gone | WriteError::TimedOut => {}
+        WriteError::Stalled => close_with(conn, close::TRY_AGAIN_LATER, "not reading").await,
+        // Shutdown began during the write and its deadline passed.
+        WriteError::Deadline => {
+            node.metrics()
+                .shutdown_unflushed
+                .fetch_add(1, Ordering::Relaxed);
+            close_with(conn, close::GOING_AWAY, "server shutting down").await;
         }
     }
 }
@@ -208,7 +236,7 @@ async fn authenticate(
 }
 
 async fn refuse(conn: &mut Connection, node: &Node, error_frame: Frame) {
-    if write(conn, node, &error_frame).await.is_ok() {
+    if write(conn, node, None, &error_frame).await.is_ok() {
         close_with(conn, close::POLICY_VIOLATION, "").await;
     }
 }
@@ -216,93 +244,4 @@ async fn refuse(conn: &mut Connection, node: &Node, error_frame: Frame) {
 fn wants_status(text: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text)
         .is_ok_and(|fields| fields.get("type").and_then(|t| t.as_str()) == Some("status"))
-}
-
-/// The close (code, reason) that answers a peer's close: its own code when
-/// a peer may send it, 1000 when it sent none, and 1002 for a code no
-/// endpoint may put on the wire (RFC 6455 section 7.4): undefined (below
-/// 1000, 1016-2999, 5000 and up), reserved (1004) or only for reporting a
-/// close locally (1005, 1006, 1015).
-fn reply_to_close(code: Option<u16>) -> (u16, &'static str) {
-    match code {
-        None => (close::NORMAL, ""),
-        Some(code) if is_sendable_close_code(code) => (code, ""),
-        Some(_) => (close::PROTOCOL_ERROR, "invalid close code"),
-    }
-}
-
-/// The RFC's codes (1000-1003, 1007-1011), those IANA registered since
-/// (1012-1014), and those for libraries and applications (3000-4999).
-fn is_sendable_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
-/// Writes one text frame within the write deadline.
-async fn write(conn: &mut Connection, node: &Node, frame: &Frame) -> Result<(), ()> {
-    match timeout(WRITE_TIMEOUT, conn.send_text(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(()),
-        Err(_) => {
-            node.metrics()
-                .write_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("dropping a socket whose write did not complete in time");
-            Err(())
-        }
-    }
-}
-
-/// Boxed, like every path taken once per socket, so that its state does not
-/// enlarge the long-lived session future.
-async fn close_with(conn: &mut Connection, code: u16, reason: &'static str) {
-    let _ = Box::pin(timeout(CLOSE_TIMEOUT, conn.close(code, reason))).await;
-}
-
-/// Maps a read error to the close the peer gets.
-async fn fail(conn: &mut Connection, node: &Node, error: ReadError) {
-    match error {
-        ReadError::Gone => {}
-        ReadError::Invalid(DecodeError::TooBig) => {
-            node.metrics()
-                .oversize_messages
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("inbound message over 4 KiB");
-            close_with(conn, close::TOO_BIG, "message too big").await;
-        }
-        ReadError::Invalid(DecodeError::Protocol(problem)) => {
-            tracing::debug!(problem, "websocket protocol error");
-            close_with(conn, close::PROTOCOL_ERROR, "protocol error").await;
-        }
-        ReadError::Invalid(DecodeError::InvalidUtf8) => {
-            close_with(conn, close::INVALID_DATA, "invalid utf-8").await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn valid_close_codes_are_echoed() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4000, 4999,
-        ] {
-            assert_eq!(reply_to_close(Some(code)), (code, ""), "{code}");
-        }
-        assert_eq!(reply_to_close(None), (close::NORMAL, ""), "no code: 1000");
-    }
-
-    #[test]
-    fn invalid_close_codes_are_answered_with_1002() {
-        for code in [
-            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
-        ] {
-            assert_eq!(
-                reply_to_close(Some(code)).0,
-                close::PROTOCOL_ERROR,
-                "{code}"
-            );
-        }
-    }
 }

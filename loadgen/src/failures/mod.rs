@@ -1,0 +1,146 @@
+//! The scenarios of the issue "Failure honesty": sockets that stop reading
+//! next to sockets that keep up (`stuck.rs`), and SIGTERM under a publish
+//! stream (`drain.rs`). Both publish back-to-back (or at `--rate`) from a
+//! thread of their own and say what every socket received; what they share
+//! is here.
+
+mod drain;
+mod stuck;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::proto::{Browser, Publisher};
+use crate::scenario::{field, Target};
+
+pub use self::drain::drain;
+pub use self::stuck::stuck;
+
+/// What one reading socket saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Seen {
+    pushes: u64,
+    out_of_order: u64,
+    missed: u64,
+    /// Lag notices received, and when the first came (since the reader started).
+    lag_notices: u64,
+    first_lag: Option<Duration>,
+    last_push: Duration,
+    close_code: Option<u16>,
+}
+
+/// Reads pushes (checking their `seq`) until `want` arrived, the server
+/// closed, or the drain deadline (set once publishing is over) passed.
+pub(crate) async fn read_pushes(
+    mut browser: Browser,
+    want: u64,
+    drain_until: Arc<std::sync::OnceLock<Instant>>,
+) -> (Seen, Browser) {
+    let mut seen = Seen::default();
+    let mut next_seq = 0u64;
+    let started = Instant::now();
+    while seen.pushes < want {
+        if drain_until
+            .get()
+            .is_some_and(|until| Instant::now() >= *until)
+        {
+            break;
+        }
+        let text = match tokio::time::timeout(Duration::from_millis(200), browser.next_text()).await
+        {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                seen.close_code = close_code_of(&error);
+                break;
+            }
+            Err(_) => continue,
+        };
+        if text.starts_with(r#"{"type":"lagged""#) {
+            seen.missed += field(&text, "\"missed\":").unwrap_or(0);
+            seen.lag_notices += 1;
+            seen.first_lag.get_or_insert(started.elapsed());
+            continue;
+        }
+        let Some(seq) = field(&text, "\"seq\":") else {
+            continue;
+        };
+        if seq != next_seq && seen.missed == 0 {
+            seen.out_of_order += 1;
+        }
+        next_seq = seq + 1;
+        seen.pushes += 1;
+        seen.last_push = started.elapsed();
+    }
+    (seen, browser)
+}
+
+fn close_code_of(error: &anyhow::Error) -> Option<u16> {
+    error
+        .to_string()
+        .strip_prefix("closed by the server with ")
+        .and_then(|code| code.parse().ok())
+}
+
+/// Publishes `{"seq":n,"pad":…}` `count` times to one topic, back-to-back
+/// (`rate` 0) or at `rate`/s, on a thread of its own.
+pub(crate) struct PublishStream {
+    target: std::net::SocketAddr,
+    secret: String,
+    topic: String,
+    count: u64,
+    payload_bytes: usize,
+    rate: f64,
+}
+
+impl PublishStream {
+    pub(crate) fn new(
+        target: &Target,
+        topic: &str,
+        count: u64,
+        payload_bytes: usize,
+        rate: f64,
+    ) -> Self {
+        PublishStream {
+            target: target.internal,
+            secret: target.secret.clone(),
+            topic: topic.to_string(),
+            count,
+            payload_bytes,
+            rate,
+        }
+    }
+
+    /// The number of publishes answered 200 (in seq order) and the time taken.
+    pub(crate) fn run(self) -> Result<(u64, Duration)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let mut publisher = Publisher::new(self.target, &self.secret);
+            let pad = "x".repeat(self.payload_bytes.saturating_sub(30));
+            let mut ticker = (self.rate > 0.0)
+                .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate)));
+            let started = Instant::now();
+            let mut accepted = 0u64;
+            for _ in 0..self.count {
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                }
+                let body = format!(
+                    r#"{{"topic":"{}","payload":{{"seq":{accepted},"pad":"{pad}"}}}}"#,
+                    self.topic
+                );
+                let (status, text) = publisher
+                    .request("POST", "/internal/publish", &body)
+                    .await?;
+                if status != 200 {
+                    anyhow::bail!("publish {accepted}: HTTP {status} {text}");
+                }
+                accepted += 1;
+            }
+            Ok((accepted, started.elapsed()))
+        })
+    }
+}

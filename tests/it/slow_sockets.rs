@@ -1,0 +1,176 @@
+//! Sockets that stop reading next to sockets that keep up, on one topic
+//! (issue "Failure honesty", A): the readers get every publish in order,
+//! the stuck sockets are closed early (1013) and counted.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, value::RawValue};
+
+use crate::support::{http, StuckSocket, TestNode, Ws, SECRET};
+
+const STUCK: usize = 200;
+const READERS: usize = 3;
+const PUBLISHES: u64 = 400;
+/// The stuck sockets are closed within this of the last publish: the stall
+/// bound (2 s, checked every 0.5 s) plus the polite close (1 s), with room
+/// for a loaded machine (the suite runs tests side by side on two cores);
+/// below the 10 s write time-out, and the closes are counted as stalls.
+const CLOSED_WITHIN: Duration = Duration::from_secs(9);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_sockets_cost_the_readers_nothing_and_are_closed_early() {
+    let node = TestNode::start("").await;
+    node.register("crowd", false).await;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        readers.push(node.socket("crowd", 0).await);
+    }
+    let mut stuck = Vec::new();
+    for _ in 0..STUCK {
+        stuck.push(StuckSocket::open(node.ws, "crowd").await);
+    }
+    let everyone = READERS + STUCK;
+    node.wait_status(Duration::from_secs(10), "every socket counted", |s| {
+        s["connected_sockets"] == everyone
+    })
+    .await;
+    let reading: Vec<_> = readers
+        .into_iter()
+        .map(|ws| tokio::spawn(read_pushes(ws)))
+        .collect();
+
+    // Back-to-back through the node's publish (what the internal API
+    // calls): 400 frames of 10 KiB, faster than any socket drains them.
+    let blob = "x".repeat(10 * 1024);
+    let started = Instant::now();
+    for seq in 0..PUBLISHES {
+        let payload =
+            RawValue::from_string(json!({"seq": seq, "blob": blob}).to_string()).expect("JSON");
+        node.node
+            .publish("crowd".to_string(), payload)
+            .await
+            .expect("accepted");
+    }
+    let published = Instant::now();
+    let mut got = Vec::new();
+    // Kept open: they count among the sockets that must remain.
+    let mut still_reading = Vec::new();
+    for task in reading {
+        let (seen, ws) = task.await.expect("reader");
+        got.push(seen);
+        still_reading.push(ws);
+    }
+    let delivered = published.elapsed();
+    for (i, (pushes, in_order, missed)) in got.iter().enumerate() {
+        println!(
+            "reader {i}: {pushes}/{PUBLISHES} pushes, {} in order, {missed} reported missed",
+            if *in_order { "all" } else { "not" }
+        );
+    }
+    println!(
+        "{PUBLISHES} publishes of 10 KiB in {:.2} s, the readers done {:.2} s later",
+        (published - started).as_secs_f64(),
+        delivered.as_secs_f64(),
+    );
+    // How long the stuck sockets stay (up to 20 s, past the old write time-out).
+    let mut closed_after = None;
+    while published.elapsed() < Duration::from_secs(20) {
+        if node.status("").await["connected_sockets"] == READERS {
+            closed_after = Some(published.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+        .await
+        .1;
+    println!(
+        "{STUCK} stuck sockets closed {:?} after the last publish; stalled {}, write time-outs {}",
+        closed_after,
+        counter(&metrics, "skywave_stalled_closes_total"),
+        counter(&metrics, "skywave_write_timeouts_total"),
+    );
+    for (pushes, in_order, missed) in &got {
+        assert_eq!(
+            (*pushes, *in_order, *missed),
+            (PUBLISHES, true, 0),
+            "a reading socket gets every publish, in order"
+        );
+    }
+    assert!(
+        closed_after.is_some_and(|after| after <= CLOSED_WITHIN),
+        "the stuck sockets are closed within {CLOSED_WITHIN:?}"
+    );
+    assert_eq!(
+        counter(&metrics, "skywave_stalled_closes_total"),
+        STUCK as u64,
+        "closed for stalling, not by the write time-out"
+    );
+    assert_eq!(counter(&metrics, "skywave_write_timeouts_total"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_socket_that_reads_again_finds_1013() {
+    let node = TestNode::start("limits:\n  socket_queue: 8").await;
+    node.register("frozen", false).await;
+    let mut stuck = StuckSocket::open(node.ws, "frozen").await;
+    node.wait_status(Duration::from_secs(5), "counted", |s| {
+        s["connected_sockets"] == 1
+    })
+    .await;
+    let blob = "y".repeat(10 * 1024);
+    for seq in 0..200 {
+        let payload =
+            RawValue::from_string(json!({"seq": seq, "blob": blob}).to_string()).expect("JSON");
+        node.node
+            .publish("frozen".to_string(), payload)
+            .await
+            .expect("accepted");
+    }
+    // The moment the node gives up on it, the client reads again: what is
+    // in flight arrives whole, then the close frame.
+    let deadline = Instant::now() + CLOSED_WITHIN;
+    loop {
+        let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+            .await
+            .1;
+        if counter(&metrics, "skywave_stalled_closes_total") == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "declared stalled in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stuck.close_code(Duration::from_secs(5)).await, Some(1013));
+}
+
+/// Pushes received until the last publish arrived (or 20 s of nothing),
+/// whether their `seq` ran 0, 1, 2… and what `lagged` notices reported
+/// missing. The newest frame is never dropped, so the last one arrives.
+async fn read_pushes(mut ws: Ws) -> ((u64, bool, u64), Ws) {
+    let (mut pushes, mut in_order, mut missed) = (0u64, true, 0u64);
+    loop {
+        let Some(frame) = ws.recv_json(Duration::from_secs(20)).await else {
+            break;
+        };
+        match frame["type"].as_str() {
+            Some("push") => {
+                in_order &= frame["payload"]["seq"] == pushes;
+                pushes += 1;
+                if frame["payload"]["seq"] == PUBLISHES - 1 {
+                    break;
+                }
+            }
+            Some("lagged") => missed += frame["missed"].as_u64().unwrap_or(0),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    ((pushes, in_order, missed), ws)
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
