@@ -40,6 +40,26 @@ pub fn count_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::E
 }
 
 /// Any scalar, as text.
+/// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`, as environment
+/// variables write them).
+pub fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    match value(deserializer)? {
+        Value::Bool(flag) => Ok(flag),
+        other => match string(other)
+            .map_err(D::Error::custom)?
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" | "" => Ok(false),
+            text => Err(D::Error::custom(format!(
+                "expected true or false, got {text:?}"
+            ))),
+        },
+    }
+}
+
 pub fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     string(value(deserializer)?).map_err(D::Error::custom)
 }

@@ -134,6 +134,9 @@ pub struct Limits {
     /// each node alone while Redis is away.
     #[serde(deserialize_with = "read::count_u32")]
     pub cluster_connect_rate_per_ip: u32,
+    /// Connection logs (connect, auth, close) at info instead of debug.
+    #[serde(deserialize_with = "read::flag")]
+    pub log_connections: bool,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     #[serde(deserialize_with = "read::ip_list", serialize_with = "show::networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -197,6 +200,7 @@ impl Default for Limits {
             max_sockets_per_ip: 0,
             connect_rate_per_ip: 0,
             cluster_connect_rate_per_ip: 0,
+            log_connections: false,
             trusted_proxies: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(10),

@@ -13,6 +13,7 @@ mod codec;
 mod conn;
 mod handshake;
 mod limits;
+mod log;
 mod session;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -167,7 +168,11 @@ async fn upgrade(
             }
         };
         let conn = Connection::new(TokioIo::new(upgraded), MAX_INBOUND_MESSAGE);
-        session::run(conn, session_node, topic, meta).await;
+        log::connection(&session_node, "websocket connected", client, &topic, None);
+        let started = std::time::Instant::now();
+        let log_node = Arc::clone(&session_node);
+        session::run(conn, session_node, topic.clone(), meta, client).await;
+        log::closed(&log_node, client, &topic, started.elapsed());
         drop(admission);
     });
     handshake::switching_protocols(&accept)
@@ -199,6 +204,7 @@ pub(crate) fn session_future_for_size(
         node,
         "t".to_string(),
         crate::registry::TopicMeta::default(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
     )
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster_chaos;
+mod connection_logs;
 mod dashboard;
 mod failures;
 mod fleet;

@@ -12,6 +12,7 @@
 mod close;
 mod write;
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +34,25 @@ const PING_INTERVAL: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const STATUS_THROTTLE: Duration = Duration::from_millis(700);
 
-pub async fn run(mut conn: Connection, node: Arc<Node>, topic: String, meta: TopicMeta) {
+pub async fn run(
+    mut conn: Connection,
+    node: Arc<Node>,
+    topic: String,
+    meta: TopicMeta,
+    client: IpAddr,
+) {
     // Boxed: the handshake's state is needed once and should not stay in the
     // (long-lived) session future; the same goes for status requests below.
-    let Some(user_id) = Box::pin(authenticate(&mut conn, &node, &topic, meta)).await else {
+    let Some(user_id) = Box::pin(authenticate(&mut conn, &node, &topic, meta, client)).await else {
         return;
     };
+    super::log::connection(
+        &node,
+        "websocket authenticated",
+        client,
+        &topic,
+        Some(user_id),
+    );
     let subscription = node.hub().subscribe(&topic, user_id);
     node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
     if write(&mut conn, &node, None, &frames::auth_ok())
@@ -175,6 +189,7 @@ async fn authenticate(
     node: &Node,
     topic: &str,
     meta: TopicMeta,
+    client: IpAddr,
 ) -> Option<i64> {
     let deadline = Instant::now() + node.config().limits.auth_timeout;
     let first = loop {
@@ -217,13 +232,13 @@ async fn authenticate(
         Ok(user_id) => Some(user_id),
         Err(AuthFailure::Required(message)) => {
             node.metrics().refused(Refusal::AuthRequired);
-            tracing::debug!(reason = message, "auth frame refused");
+            tracing::debug!(%client, reason = message, "auth frame refused");
             refuse(conn, node, frames::error("auth_required", message)).await;
             None
         }
         Err(AuthFailure::Unauthorized(reason)) => {
             node.metrics().refused(Refusal::Unauthorized);
-            tracing::debug!(reason = reason.label(), "token refused");
+            tracing::debug!(%client, reason = reason.label(), "token refused");
             refuse(
                 conn,
                 node,
