@@ -39,7 +39,8 @@ sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # importing the helpers leaves no __pycache__ in the tree
 from devtools import open_page, start_chromium  # noqa: E402
 from e2e_nginx import Cluster  # noqa: E402
-from harness import LOOPBACK, WebSocket, hex_token, http_request, wait_until  # noqa: E402
+from harness import (LOOPBACK, WebSocket, hex_token, http_request, install_hard_limit,  # noqa: E402
+                     protect_cleanup, wait_until)
 from results import Failure, Results  # noqa: E402
 
 TOPIC = "dashboard.e2e"
@@ -226,19 +227,12 @@ def run(args, results):
         for proc in cluster.procs:
             print(proc.tail(), flush=True)
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        protect_cleanup()
         if publisher is not None:
             publisher.stop.set()
         if page is not None:
             page.close()
-        cluster.stop_all()
-        leftovers = [p.name for p in cluster.procs if p.alive()]
-        results.check("every process started by the test is stopped", not leftovers, ", ".join(leftovers))
-        if args.keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cluster.finish(results, args.keep)
 
 
 def main():
@@ -261,13 +255,7 @@ def main():
         results.check("prerequisites", False, "not found or not executable: " + ", ".join(missing)
                       + " (Debian: apt-get install chromium redis-server; scripts/test installs them)")
     else:
-        def interrupt(signum, _frame):
-            if signum == signal.SIGALRM:
-                raise Failure(f"the whole run took longer than {HARD_LIMIT_SECONDS} s")
-            raise Failure(f"interrupted by signal {signum}")
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGALRM, interrupt)
-        signal.alarm(HARD_LIMIT_SECONDS)
+        install_hard_limit(HARD_LIMIT_SECONDS)
         print(f"e2e_dashboard: {args.binary}, {args.chromium}, {args.redis_server}", flush=True)
         run(args, results)
         signal.alarm(0)

@@ -240,13 +240,7 @@ def run(args, results):
         cluster.tails()
     finally:
         protect_cleanup()
-        cluster.stop_all()
-        leftovers = [p.name for p in cluster.procs if p.alive()]
-        results.check("every process started by the test is stopped", not leftovers, ", ".join(leftovers))
-        if args.keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cluster.finish(results, args.keep)
 
 
 def main():

@@ -211,13 +211,7 @@ def run(args, results):
         # Cleanup must not be cut short by the hard limit or a second SIGTERM;
         # it is bounded by itself (each process: SIGTERM, 5 s, SIGKILL).
         protect_cleanup()
-        cluster.stop_all()
-        leftovers = [p.name for p in cluster.procs if p.alive()]
-        results.check("every process started by the test is stopped", not leftovers, ", ".join(leftovers))
-        if args.keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cluster.finish(results, args.keep)
 
 
 def main():

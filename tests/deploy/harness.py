@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -374,6 +375,17 @@ class Fleet:
     def tails(self):
         for proc in self.procs:
             print(proc.tail(), flush=True)
+
+    def finish(self, results, keep):
+        """Stops every process (bounded), checks none is left, and removes the
+        temporary directory unless `keep`."""
+        self.stop_all()
+        leftovers = [p.name for p in self.procs if p.alive()]
+        results.check("every process started by the test is stopped", not leftovers, ", ".join(leftovers))
+        if keep:
+            print(f"logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def stop_all(self):
         for ws in self.clients:
