@@ -67,6 +67,16 @@ async fn samples(addr: SocketAddr, token: &str, count: usize) -> (Answer, Vec<Va
     }
 }
 
+/// A request carrying the session cookie `token`, without a body.
+async fn with_session(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> crate::support::Answer {
+    request(addr, method, path, &cookie_line(token), "").await
+}
+
 #[tokio::test]
 async fn the_login_page_is_open_and_posts_the_secret_in_the_body() {
     let node = TestNode::start("").await;
@@ -150,14 +160,7 @@ async fn a_login_sets_a_strict_httponly_cookie_that_opens_the_page_and_the_strea
     assert_eq!(token.len(), 64);
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
 
-    let page = request(
-        node.internal,
-        "GET",
-        "/dashboard/live",
-        &cookie_line(&token),
-        "",
-    )
-    .await;
+    let page = with_session(node.internal, "GET", "/dashboard/live", &token).await;
     assert_eq!(page.status, 200);
     assert!(page
         .body
@@ -202,35 +205,14 @@ async fn a_login_sets_a_strict_httponly_cookie_that_opens_the_page_and_the_strea
 async fn logout_ends_the_session_and_clears_the_cookie() {
     let node = TestNode::start("").await;
     let token = login(node.internal).await;
-    let out = request(
-        node.internal,
-        "POST",
-        "/dashboard/logout",
-        &cookie_line(&token),
-        "",
-    )
-    .await;
+    let out = with_session(node.internal, "POST", "/dashboard/logout", &token).await;
     assert_eq!(out.status, 303);
     assert_eq!(out.header("location"), Some("/dashboard"));
     let cleared = out.header("set-cookie").expect("cookie cleared");
     assert!(cleared.starts_with("skywave_session=;") && cleared.contains("Max-Age=0"));
-    let page = request(
-        node.internal,
-        "GET",
-        "/dashboard/live",
-        &cookie_line(&token),
-        "",
-    )
-    .await;
+    let page = with_session(node.internal, "GET", "/dashboard/live", &token).await;
     assert_eq!(page.status, 303, "the old cookie opens nothing");
-    let events = request(
-        node.internal,
-        "GET",
-        "/dashboard/events",
-        &cookie_line(&token),
-        "",
-    )
-    .await;
+    let events = with_session(node.internal, "GET", "/dashboard/events", &token).await;
     assert_eq!(events.status, 401);
 }
 
@@ -238,14 +220,7 @@ async fn logout_ends_the_session_and_clears_the_cookie() {
 async fn a_session_is_not_a_key_to_the_internal_api_and_the_probes_stay_open() {
     let node = TestNode::start("").await;
     let token = login(node.internal).await;
-    let status = request(
-        node.internal,
-        "GET",
-        "/internal/status",
-        &cookie_line(&token),
-        "",
-    )
-    .await;
+    let status = with_session(node.internal, "GET", "/internal/status", &token).await;
     assert_eq!(status.status, 403);
     let header = format!("X-Worker-Secret: {SECRET}\r\n");
     let status = request(node.internal, "GET", "/internal/status", &header, "").await;
@@ -266,14 +241,7 @@ async fn the_secret_never_reaches_the_log_even_at_debug() {
     let refused = request(node.internal, "POST", "/dashboard/login", "", &form(wrong)).await;
     assert_eq!(refused.status, 401);
     let token = login(node.internal).await;
-    let page = request(
-        node.internal,
-        "GET",
-        "/dashboard/live",
-        &cookie_line(&token),
-        "",
-    )
-    .await;
+    let page = with_session(node.internal, "GET", "/dashboard/live", &token).await;
     assert_eq!(page.status, 200);
     node.process
         .wait_for_output("dashboard login refused", Duration::from_secs(5))
