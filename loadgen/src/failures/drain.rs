@@ -10,8 +10,7 @@ use tokio::task::JoinSet;
 
 use super::{read_pushes, PublishStream};
 use crate::measure::Percentiles;
-use crate::proto::Publisher;
-use crate::scenario::{open_many, run_id, topic_name, wait_sockets, Target};
+use crate::scenario::{open_many, wait_sockets, Target};
 
 /// SIGTERM right after the last of `publishes` (to one topic) was
 /// answered 200, with `sockets` reading: how many of the accepted
@@ -25,12 +24,7 @@ pub async fn drain(
 ) -> Result<Value> {
     let pid = target.pid.context("drain needs --server-pid")?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let topic = topic_name(&run_id(), 0);
-    let mut publisher = Publisher::new(target.internal, &target.secret);
-    publisher.register(&topic).await?;
-    let base = publisher.status().await?["connected_sockets"]
-        .as_u64()
-        .unwrap_or(0) as usize;
+    let (topic, mut publisher, base) = super::fresh_topic(target).await?;
     let (open, _, _) = open_many(target, std::slice::from_ref(&topic), sockets, deadline).await?;
     wait_sockets(&mut publisher, base + sockets, Duration::from_secs(30)).await?;
     let drain_until = Arc::new(std::sync::OnceLock::new());

@@ -18,6 +18,18 @@ use crate::scenario::{field, Target};
 pub use self::drain::drain;
 pub use self::stuck::stuck;
 
+/// A fresh topic registered for one run, the publisher that registered it,
+/// and the server's socket count before the run's sockets connect.
+pub(crate) async fn fresh_topic(target: &Target) -> Result<(String, Publisher, usize)> {
+    let topic = crate::scenario::topic_name(&crate::scenario::run_id(), 0);
+    let mut publisher = Publisher::new(target.internal, &target.secret);
+    publisher.register(&topic).await?;
+    let base = publisher.status().await?["connected_sockets"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    Ok((topic, publisher, base))
+}
+
 /// What one reading socket saw.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Seen {

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use super::{read_pushes, PublishStream};
 use crate::measure::cpu_time;
 use crate::proto::Publisher;
-use crate::scenario::{open_many, run_id, topic_name, wait_sockets, Target};
+use crate::scenario::{open_many, wait_sockets, Target};
 
 /// `stuck` sockets that never read after `auth_ok` and `readers` that do,
 /// all on one topic; `publishes` of `payload_bytes`. Reports what the
@@ -28,12 +28,7 @@ pub async fn stuck(
     rate: f64,
 ) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let topic = topic_name(&run_id(), 0);
-    let mut publisher = Publisher::new(target.internal, &target.secret);
-    publisher.register(&topic).await?;
-    let base = publisher.status().await?["connected_sockets"]
-        .as_u64()
-        .unwrap_or(0) as usize;
+    let (topic, mut publisher, base) = super::fresh_topic(target).await?;
     let topics = [topic.clone()];
     let (reading, _, _) = open_many(target, &topics, readers, deadline).await?;
     let (stuck_sockets, _, _) = open_many(target, &topics, stuck, deadline).await?;
