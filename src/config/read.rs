@@ -17,7 +17,7 @@ use serde::de::{Deserialize, Deserializer, Error};
 use yaml_serde::Value;
 
 use super::redis_url::validate_redis_url;
-use super::{env_name, parse_go_duration, LogFormat, Secret, MIN_SECRET_LEN};
+use super::{env_name, parse_go_duration, ClusterPubsub, LogFormat, Secret, MIN_SECRET_LEN};
 
 pub fn port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
     let n = unsigned(value(deserializer)?).map_err(D::Error::custom)?;
@@ -112,6 +112,20 @@ pub fn secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::E
     Ok(secret)
 }
 
+/// A password that may be empty (= none).
+pub fn optional_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+    Ok(Secret::new(trimmed(deserializer)?))
+}
+
+/// Shard channels of a Redis Cluster: 1..=1024.
+pub fn shard_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let n = count(deserializer)?;
+    if !(1..=1024).contains(&n) {
+        return Err(D::Error::custom(format!("must be 1..1024, got {n}")));
+    }
+    Ok(n)
+}
+
 /// `redis_url`: empty means single-instance mode.
 pub fn redis_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Secret>, D::Error> {
     let url = trimmed(deserializer)?;
@@ -182,6 +196,18 @@ pub fn ip_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>,
                 })
         })
         .collect()
+}
+
+impl<'de> Deserialize<'de> for ClusterPubsub {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match text(deserializer)?.as_str() {
+            "sharded" | "" => Ok(ClusterPubsub::Sharded),
+            "classic" => Ok(ClusterPubsub::Classic),
+            other => Err(D::Error::custom(format!(
+                "must be \"sharded\" or \"classic\", got {other:?}"
+            ))),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for LogFormat {

@@ -115,6 +115,35 @@ pub struct RedisSettings {
     pub tls_cert_file: Option<PathBuf>,
     #[serde(deserialize_with = "read::path", serialize_with = "show::path")]
     pub tls_key_file: Option<PathBuf>,
+    /// `redis+sentinel://` only: the sentinels' own ACL user and password
+    /// (the URL's credentials are the master's).
+    #[serde(
+        deserialize_with = "read::trimmed",
+        serialize_with = "show::none_if_empty"
+    )]
+    pub sentinel_username: String,
+    #[serde(
+        deserialize_with = "read::optional_secret",
+        serialize_with = "show::length_or_none"
+    )]
+    pub sentinel_password: Secret,
+    /// `redis+cluster://` only: shard channels the events are spread over
+    /// (`<prefix>events:{<k>}`, a topic always on the same one); the same on
+    /// every node of a fleet.
+    #[serde(deserialize_with = "read::shard_count")]
+    pub cluster_shards: usize,
+    /// `redis+cluster://` only: `sharded` (SPUBLISH/SSUBSCRIBE, Redis 7+: a
+    /// publish crosses one shard) or `classic` (PUBLISH on `<prefix>events`,
+    /// which Redis Cluster copies to every node; what Go nodes speak).
+    pub cluster_pubsub: ClusterPubsub,
+}
+
+/// How events cross a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterPubsub {
+    Sharded,
+    Classic,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -189,6 +218,10 @@ impl Default for RedisSettings {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            sentinel_username: String::new(),
+            sentinel_password: Secret::new(""),
+            cluster_shards: 16,
+            cluster_pubsub: ClusterPubsub::Sharded,
         }
     }
 }

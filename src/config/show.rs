@@ -19,6 +19,18 @@ pub fn length<S: Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S:
     serializer.collect_str(&format_args!("({length} characters)"))
 }
 
+pub fn length_or_none<S: Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    if secret.expose().is_empty() {
+        serializer.serialize_str("(none)")
+    } else {
+        length(secret, serializer)
+    }
+}
+
+pub fn none_if_empty<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    or_else(text, "(none)", serializer)
+}
+
 pub fn redis_url<S: Serializer>(url: &Option<Secret>, serializer: S) -> Result<S::Ok, S::Error> {
     match url {
         Some(url) => serializer.serialize_str(&redact_url(url.expose())),

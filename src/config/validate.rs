@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::log_level::log_filter;
-use super::{key_error, Config, ConfigError, RedisSettings};
+use super::{key_error, Config, ConfigError, RedisSettings, RedisTarget};
 
 /// Checks `config` and settles `log_level` to a filter tracing accepts;
 /// what the operator should hear about but need not fix goes to `warnings`.
@@ -13,11 +13,30 @@ pub(super) fn validate(config: &mut Config, warnings: &mut Vec<String>) -> Resul
     let (filter, warning) = log_filter(&config.log_level);
     config.log_level = filter;
     warnings.extend(warning);
-    let tls_url = config
-        .redis_url
-        .as_ref()
-        .is_some_and(|url| url.expose().starts_with("rediss://"));
+    let target = match &config.redis_url {
+        Some(url) => Some(RedisTarget::parse(url.expose()).map_err(|e| key_error("redis_url", e))?),
+        None => None,
+    };
+    let tls_url = target.as_ref().is_some_and(RedisTarget::tls);
     check_tls_files(&config.redis, tls_url)?;
+    let sentinel = matches!(target, Some(RedisTarget::Sentinel { .. }));
+    for (key, set) in [
+        (
+            "redis.sentinel_username",
+            !config.redis.sentinel_username.is_empty(),
+        ),
+        (
+            "redis.sentinel_password",
+            !config.redis.sentinel_password.expose().is_empty(),
+        ),
+    ] {
+        if set && !sentinel {
+            return Err(key_error(
+                key,
+                "is set, but redis_url is not a redis+sentinel:// (or rediss+sentinel://) URL",
+            ));
+        }
+    }
     let roster = &config.roster;
     if roster.alive_window < roster.heartbeat * 2 {
         return Err(key_error(
@@ -69,7 +88,8 @@ fn check_tls_files(redis: &RedisSettings, tls_url: bool) -> Result<(), ConfigErr
         if file.is_some() && !tls_url {
             return Err(key_error(
                 key,
-                "is set, but redis_url is not a rediss:// (TLS) URL",
+                "is set, but redis_url is not a TLS URL (rediss://, rediss+sentinel:// or \
+                 rediss+cluster://)",
             ));
         }
     }

@@ -12,6 +12,7 @@ mod health;
 mod layers;
 mod operator_paths;
 mod props;
+mod redis_ha;
 mod shutdown;
 mod single_node;
 mod slow_sockets;

@@ -5,11 +5,13 @@
 mod answer;
 mod process;
 mod raw;
+mod redis_ha;
 mod redis_server;
 
 pub use self::answer::{parse_answer, request, Answer};
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
 pub use self::raw::{publish_pipelined, StuckSocket};
+pub use self::redis_ha::{ask, RedisCluster, SentinelSet};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
 
 use std::net::SocketAddr;

@@ -1,0 +1,350 @@
+//! Redis that survives its own failures and outgrows one server, against
+//! real servers: a Sentinel set (a master, a replica, three sentinels) with
+//! `SENTINEL FAILOVER` and a SIGKILL of the master under a publish stream,
+//! and a Redis Cluster (three masters, sharded and classic pub/sub) with a
+//! master killed and its replica promoted.
+//!
+//! Timelines are printed (`failover timeline:`), never asserted as
+//! performance; the bounds asserted are the issue's recovery bounds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{
+    ask, tempdir, BinaryNode, NodeClient, RedisCluster, SentinelSet, TestNode, Ws,
+};
+
+const PUBLISH_EVERY: Duration = Duration::from_millis(50); // 20/s
+
+async fn ha_node(url: &str, extra: &str) -> TestNode {
+    TestNode::start(&format!("redis_url: \"{url}\"\ntopic_ttl: 1h\n{extra}")).await
+}
+
+async fn wait_cluster(node: &NodeClient, nodes: i64, within: Duration) -> Value {
+    node.wait_status(within, "joins the cluster", |s| {
+        s["mode"] == "cluster" && s["cluster_nodes"] == nodes
+    })
+    .await
+}
+
+/// What a socket got: push sequence numbers with their arrival times.
+type Arrivals = Vec<(u64, Instant)>;
+
+type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Reads until told to stop, then until a quiet second (the tail).
+fn collect(mut socket: Ws, stop: Stop) -> tokio::task::JoinHandle<Arrivals> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let stopping = *stop.borrow();
+            let wait = if stopping { 1000 } else { 200 };
+            match socket.recv_json(Duration::from_millis(wait)).await {
+                Some(frame) if frame["type"] == "push" => {
+                    got.push((frame["payload"]["seq"].as_u64().unwrap(), Instant::now()))
+                }
+                Some(_) => {}
+                None if stopping => return got,
+                None => {}
+            }
+        }
+    })
+}
+
+type Sent = Vec<(u64, Instant, u16)>;
+
+/// A 20/s publish stream on `node` to `topic` until told to stop: each
+/// publish's sequence number, send time and HTTP status.
+fn stream(node: NodeClient, topic: &'static str, stop: Stop) -> tokio::task::JoinHandle<Sent> {
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let mut tick = tokio::time::interval(PUBLISH_EVERY);
+        let mut seq = 0;
+        while !*stop.borrow() {
+            tick.tick().await;
+            let at = Instant::now();
+            let code = node.publish(topic, &json!({"seq": seq})).await;
+            sent.push((seq, at, code));
+            seq += 1;
+        }
+        sent
+    })
+}
+
+type Health = Vec<(Instant, u16, String)>;
+
+/// Samples `/readyz` and the status mode of `node` every 100 ms.
+fn sample_health(node: NodeClient, stop: Stop) -> tokio::task::JoinHandle<Health> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !*stop.borrow() {
+            let (ready, _) = node.get("/readyz", None).await;
+            let mode = node.status("").await["mode"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            samples.push((Instant::now(), ready, mode));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        samples
+    })
+}
+
+/// A publish stream on A with a socket on A and one on B, and both nodes'
+/// health sampled, until `finish`.
+struct Run {
+    stop: tokio::sync::watch::Sender<bool>,
+    sent: tokio::task::JoinHandle<Sent>,
+    local: tokio::task::JoinHandle<Arrivals>,
+    remote: tokio::task::JoinHandle<Arrivals>,
+    health: Vec<tokio::task::JoinHandle<Health>>,
+}
+
+impl Run {
+    async fn start(a: &NodeClient, b: &NodeClient, topic: &'static str) -> Run {
+        a.register(topic, true).await;
+        let local = a.socket(topic, 1).await;
+        let remote = b.socket(topic, 2).await;
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        Run {
+            sent: stream(*a, topic, rx.clone()),
+            local: collect(local, rx.clone()),
+            remote: collect(remote, rx.clone()),
+            health: vec![sample_health(*a, rx.clone()), sample_health(*b, rx)],
+            stop,
+        }
+    }
+
+    async fn finish(self) -> Outcome {
+        let _ = self.stop.send(true);
+        let mut health = Vec::new();
+        for sampler in self.health {
+            health.push(sampler.await.unwrap());
+        }
+        Outcome {
+            sent: self.sent.await.unwrap(),
+            local: self.local.await.unwrap(),
+            remote: self.remote.await.unwrap(),
+            health,
+        }
+    }
+}
+
+/// What a failure did to a run.
+struct Outcome {
+    sent: Sent,
+    local: Arrivals,
+    remote: Arrivals,
+    /// A's samples, then B's.
+    health: Vec<Health>,
+}
+
+impl Outcome {
+    /// Every publish answered 200; the socket on the publishing node got
+    /// every one, in order.
+    fn assert_local_complete(&self) {
+        for (seq, _, code) in &self.sent {
+            assert_eq!(*code, 200, "publish {seq} answered {code}");
+        }
+        let local: Vec<u64> = self.local.iter().map(|(s, _)| *s).collect();
+        let expected: Vec<u64> = self.sent.iter().map(|(s, _, _)| *s).collect();
+        assert_eq!(local, expected, "local delivery lost or reordered frames");
+    }
+
+    /// The first publish sent at or after `from` that reached B, and when
+    /// it arrived.
+    fn first_remote_after(&self, from: Instant) -> Option<(u64, Instant)> {
+        let first_seq = self.sent.iter().find(|(_, at, _)| *at >= from)?.0;
+        self.remote
+            .iter()
+            .filter(|(seq, _)| *seq >= first_seq)
+            .min_by_key(|(_, at)| *at)
+            .copied()
+    }
+
+    /// The publishes sent after `from` all reached B, in order.
+    fn assert_remote_tail(&self, from: Instant) {
+        let tail: Vec<u64> = self
+            .sent
+            .iter()
+            .filter(|(_, at, _)| *at >= from)
+            .map(|(s, _, _)| *s)
+            .collect();
+        assert!(
+            tail.len() >= 10,
+            "too short a tail to judge: {}",
+            tail.len()
+        );
+        let remote: Vec<u64> = self
+            .remote
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s >= tail[0])
+            .collect();
+        assert_eq!(remote, tail, "cross-node delivery after recovery");
+    }
+
+    fn remote_missing(&self) -> usize {
+        let got: std::collections::HashSet<u64> = self.remote.iter().map(|(s, _)| *s).collect();
+        self.sent
+            .iter()
+            .filter(|(s, _, _)| !got.contains(s))
+            .count()
+    }
+
+    /// On both nodes, readiness and mode agreed in every sample (a sample
+    /// is two requests, so one taken across a change may disagree once per
+    /// change), and both were ready at the end.
+    fn assert_health_honest(&self) {
+        for (node, samples) in ["A", "B"].iter().zip(&self.health) {
+            let disagree = samples
+                .iter()
+                .filter(|(_, ready, mode)| (*ready == 200) != (mode == "cluster"))
+                .count();
+            let changes = samples.windows(2).filter(|w| w[0].2 != w[1].2).count();
+            assert!(
+                disagree <= changes,
+                "node {node}: /readyz and the mode disagreed in {disagree} samples over \
+                 {changes} changes: {:?}",
+                samples.iter().map(|(_, r, m)| (r, m)).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                samples.last().map(|h| h.1),
+                Some(200),
+                "node {node} ready at the end"
+            );
+        }
+    }
+
+    /// How long each node was not ready, in ms (printed).
+    fn unready_ms(&self) -> Vec<u128> {
+        self.health
+            .iter()
+            .map(|samples| {
+                let first = samples.iter().find(|s| s.1 != 200).map(|s| s.0);
+                let back = first.and_then(|f| samples.iter().find(|s| s.0 > f && s.1 == 200));
+                match (first, back) {
+                    (Some(f), Some(b)) => (b.0 - f).as_millis(),
+                    _ => 0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The skywave subscriptions on the Redis at `port` (`PUBSUB NUMSUB`).
+async fn numsub(port: u16) -> i64 {
+    let (_, count): (String, i64) = ask(
+        port,
+        redis::cmd("PUBSUB").arg("NUMSUB").arg("wavelog:events"),
+    )
+    .await
+    .unwrap_or_default();
+    count
+}
+
+async fn sentinel_pair(set: &SentinelSet) -> (TestNode, TestNode) {
+    let a = ha_node(&set.url(), "").await;
+    let b = ha_node(&set.url(), "").await;
+    wait_cluster(&a, 2, Duration::from_secs(10)).await;
+    wait_cluster(&b, 2, Duration::from_secs(10)).await;
+    (a, b)
+}
+
+/// After a switch: both nodes in cluster mode, subscribed on the new master
+/// (and not on the old one, if it still runs), the topic still registered.
+async fn assert_on_new_master(
+    set: &SentinelSet,
+    a: &TestNode,
+    b: &TestNode,
+    old: u16,
+    topic: &str,
+) {
+    wait_cluster(a, 2, Duration::from_secs(5)).await;
+    wait_cluster(b, 2, Duration::from_secs(5)).await;
+    let new = set.master_port().await.expect("a master");
+    assert_ne!(new, old);
+    assert_eq!(
+        numsub(new).await,
+        2,
+        "both nodes subscribed on the new master"
+    );
+    if set.servers.iter().any(|s| s.port == old && s.running()) {
+        assert_eq!(numsub(old).await, 0, "nobody left on the demoted master");
+    }
+    let key: Option<String> = ask(new, redis::cmd("GET").arg(format!("wavelog:topic:{topic}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        key.as_deref(),
+        Some(r#"{"require_token":true}"#),
+        "topic still registered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_loses_no_publish_and_moves_both_nodes() {
+    let set = SentinelSet::start(&tempdir("sentinel-failover")).await;
+    let (a, b) = sentinel_pair(&set).await;
+    let old = set.master_port().await.expect("master");
+    let run = Run::start(&a, &b, "contest-failover").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let trigger = Instant::now();
+    let switched = set.failover().await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let outcome = run.finish().await;
+
+    outcome.assert_local_complete();
+    let (seq, at) = outcome
+        .first_remote_after(switched)
+        .expect("a publish after the switch reached node B");
+    println!(
+        "failover timeline (SENTINEL FAILOVER): trigger -> sentinels switched {} ms, switched -> first cross-node delivery {} ms (seq {seq}); B missed {} of {} publishes; not ready A/B {:?} ms",
+        (switched - trigger).as_millis(),
+        at.saturating_duration_since(switched).as_millis(),
+        outcome.remote_missing(),
+        outcome.sent.len(),
+        outcome.unready_ms(),
+    );
+    assert!(
+        at.saturating_duration_since(switched) <= Duration::from_secs(5),
+        "cross-node delivery back within 5 s"
+    );
+    outcome.assert_remote_tail(switched + Duration::from_secs(5));
+    outcome.assert_health_honest();
+    assert_on_new_master(&set, &a, &b, old, "contest-failover").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_killed_loses_no_local_delivery_and_recovers() {
+    let mut set = SentinelSet::start(&tempdir("sentinel-kill")).await;
+    let (a, b) = sentinel_pair(&set).await;
+    let run = Run::start(&a, &b, "contest-kill").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (killed, old) = set.kill_master().await;
+    let switched = set.wait_switch(old, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let outcome = run.finish().await;
+
+    outcome.assert_local_complete();
+    let (seq, at) = outcome
+        .first_remote_after(switched)
+        .expect("a publish after the switch reached node B");
+    println!(
+        "failover timeline (SIGKILL of the master): kill -> sentinels switched {} ms, switched -> first cross-node delivery {} ms (seq {seq}), kill -> first cross-node delivery of a later publish {} ms; B missed {} of {} publishes; not ready A/B {:?} ms",
+        (switched - killed).as_millis(),
+        at.saturating_duration_since(switched).as_millis(),
+        at.saturating_duration_since(killed).as_millis(),
+        outcome.remote_missing(),
+        outcome.sent.len(),
+        outcome.unready_ms(),
+    );
+    assert!(
+        at.saturating_duration_since(switched) <= Duration::from_secs(5),
+        "cross-node delivery back within 5 s"
+    );
+    outcome.assert_remote_tail(switched + Duration::from_secs(5));
+    outcome.assert_health_honest();
+    assert_on_new_master(&set, &a, &b, old, "contest-kill").await;
+}

@@ -1,0 +1,386 @@
+//! Real Redis high-availability set-ups on loopback, killed on drop: a
+//! Sentinel set (a master, a replica, three `redis-sentinel`s) and a Redis
+//! Cluster (masters and replicas formed with `redis-cli --cluster create`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// One `redis-server` (or `redis-sentinel`) process with fixed arguments.
+pub struct Proc {
+    pub port: u16,
+    program: &'static str,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn new(program: &'static str, port: u16, args: Vec<String>) -> Proc {
+        let mut proc = Proc {
+            port,
+            program,
+            args,
+            child: None,
+        };
+        proc.start();
+        proc
+    }
+
+    /// Starts (again) with the same arguments; waits until the port answers.
+    pub fn start(&mut self) {
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} must be installed for the Sentinel and Cluster tests \
+                     (scripts/test installs it): {e}",
+                    self.program
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} on {} did not start",
+                self.program,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn redis_args(port: u16, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// One command to `127.0.0.1:port`, answered within 2 s.
+pub async fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let run = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        cmd.query_async::<T>(&mut conn).await
+    };
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
+}
+
+pub const MASTER_NAME: &str = "mymaster";
+
+/// A master, a replica and three sentinels (quorum 2, the master down
+/// after 1 s without answers).
+pub struct SentinelSet {
+    pub servers: Vec<Proc>,
+    pub sentinels: Vec<Proc>,
+    _dir: PathBuf,
+}
+
+impl SentinelSet {
+    pub async fn start(dir: &Path) -> SentinelSet {
+        std::fs::create_dir_all(dir).expect("sentinel dir");
+        let master_port = free_port();
+        let replica_port = free_port();
+        let master = Proc::new("redis-server", master_port, redis_args(master_port, &[]));
+        let replica = Proc::new(
+            "redis-server",
+            replica_port,
+            redis_args(
+                replica_port,
+                &[
+                    "--replicaof".to_string(),
+                    "127.0.0.1".to_string(),
+                    master_port.to_string(),
+                ],
+            ),
+        );
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 10000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir = dir.display()
+                ),
+            )
+            .expect("sentinel conf");
+            sentinels.push(Proc::new(
+                "redis-sentinel",
+                port,
+                vec![conf.display().to_string()],
+            ));
+        }
+        let set = SentinelSet {
+            servers: vec![master, replica],
+            sentinels,
+            _dir: dir.to_path_buf(),
+        };
+        set.wait_ready().await;
+        set
+    }
+
+    /// The URL a node is configured with.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}/0", hosts.join(","))
+    }
+
+    /// The master's port as the first sentinel that answers names it.
+    pub async fn master_port(&self) -> Option<u16> {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("get-master-addr-by-name").arg(MASTER_NAME);
+        for sentinel in self.sentinels.iter().filter(|s| s.running()) {
+            if let Ok(Some((_, port))) = ask::<Option<(String, u16)>>(sentinel.port, &cmd).await {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Until the replica is in sync and every sentinel knows it and the
+    /// other sentinels (a failover needs both).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = true;
+            for sentinel in &self.sentinels {
+                let mut cmd = redis::cmd("SENTINEL");
+                cmd.arg("replicas").arg(MASTER_NAME);
+                let replicas: Vec<Vec<String>> = ask(sentinel.port, &cmd).await.unwrap_or_default();
+                let synced = replicas.iter().any(|r| {
+                    r.windows(2)
+                        .any(|kv| kv[0] == "master-link-status" && kv[1] == "ok")
+                });
+                let mut cmd = redis::cmd("SENTINEL");
+                cmd.arg("sentinels").arg(MASTER_NAME);
+                let others: Vec<redis::Value> = ask(sentinel.port, &cmd).await.unwrap_or_default();
+                ready &= synced && others.len() == 2;
+            }
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel set did not settle in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `SENTINEL FAILOVER`, then waits until the sentinels name the other
+    /// server; returns when they did.
+    pub async fn failover(&self) -> Instant {
+        let before = self.master_port().await.expect("a master");
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("FAILOVER").arg(MASTER_NAME);
+        let _: () = ask(self.sentinels[0].port, &cmd)
+            .await
+            .expect("SENTINEL FAILOVER");
+        self.wait_switch(before, Duration::from_secs(20)).await
+    }
+
+    /// SIGKILL of the master; returns the moment of the kill.
+    pub async fn kill_master(&mut self) -> (Instant, u16) {
+        let port = self.master_port().await.expect("a master");
+        let server = self
+            .servers
+            .iter_mut()
+            .find(|s| s.port == port)
+            .expect("the master is one of ours");
+        server.kill9();
+        (Instant::now(), port)
+    }
+
+    /// Until the sentinels name a master other than `before`.
+    pub async fn wait_switch(&self, before: u16, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(port) = self.master_port().await {
+                if port != before {
+                    return Instant::now();
+                }
+            }
+            assert!(Instant::now() < deadline, "no failover within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A port `p` free with `p + 10000` (its cluster bus) free too.
+fn cluster_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let port = 20000 + port % 25000;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+/// A Redis Cluster of `masters` masters with `replicas` replicas each
+/// (node timeout 2 s).
+pub struct RedisCluster {
+    pub nodes: Vec<Proc>,
+    _dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn start(dir: &Path, masters: usize, replicas: usize) -> RedisCluster {
+        std::fs::create_dir_all(dir).expect("cluster dir");
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let port = cluster_port();
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            nodes.push(Proc::new(
+                "redis-server",
+                port,
+                redis_args(
+                    port,
+                    &[
+                        "--cluster-enabled".to_string(),
+                        "yes".to_string(),
+                        "--cluster-config-file".to_string(),
+                        conf.display().to_string(),
+                        "--cluster-node-timeout".to_string(),
+                        "2000".to_string(),
+                        "--dir".to_string(),
+                        dir.display().to_string(),
+                    ],
+                ),
+            ));
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (scripts/test installs redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster {
+            nodes,
+            _dir: dir.to_path_buf(),
+        };
+        cluster.wait_ok(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        // Two seeds: any one of them is enough to find the rest.
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+
+    /// Until every running node says `cluster_state:ok` and sees every
+    /// slot served.
+    pub async fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ok = true;
+            for node in self.nodes.iter().filter(|n| n.running()) {
+                let info: String = ask(node.port, redis::cmd("CLUSTER").arg("INFO"))
+                    .await
+                    .unwrap_or_default();
+                ok &= info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384");
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster is not ok after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The ports of the masters, as a running node sees them.
+    pub async fn masters(&self) -> Vec<u16> {
+        for node in self.nodes.iter().filter(|n| n.running()) {
+            let slots: redis::RedisResult<Vec<Vec<redis::Value>>> =
+                ask(node.port, redis::cmd("CLUSTER").arg("SLOTS")).await;
+            if let Ok(slots) = slots {
+                let mut ports: Vec<u16> = slots
+                    .iter()
+                    .filter_map(|range| range.get(2))
+                    .filter_map(|master| {
+                        let fields =
+                            redis::from_redis_value_ref::<Vec<redis::Value>>(master).ok()?;
+                        redis::from_redis_value_ref::<u16>(fields.get(1)?).ok()
+                    })
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                return ports;
+            }
+        }
+        Vec::new()
+    }
+
+    /// SIGKILL of the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.kill9();
+        }
+    }
+}
