@@ -348,3 +348,187 @@ async fn sentinel_master_killed_loses_no_local_delivery_and_recovers() {
     outcome.assert_health_honest();
     assert_on_new_master(&set, &a, &b, old, "contest-kill").await;
 }
+
+/// Topics spread over many slots (and so over every master).
+fn topics(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("contest-{i}-{}", i * 7919))
+        .collect()
+}
+
+/// One publish on `from` per topic; every socket on `to` gets its own.
+async fn every_topic_crosses(from: &NodeClient, sockets: &mut [(String, Ws)], round: u64) -> usize {
+    for (topic, _) in sockets.iter() {
+        let payload = json!({"seq": round, "topic": topic});
+        assert_eq!(from.publish(topic, &payload).await, 200, "publish {topic}");
+    }
+    let mut delivered = 0;
+    // One deadline for the whole round.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for (topic, socket) in sockets.iter_mut() {
+        while Instant::now() < deadline {
+            match socket.recv_json(Duration::from_millis(100)).await {
+                Some(frame) if frame["type"] == "push" => {
+                    let on = &frame["payload"]["topic"];
+                    assert_eq!(on, topic.as_str(), "a frame on its own topic only");
+                    if frame["payload"]["seq"] == round {
+                        delivered += 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    delivered
+}
+
+async fn cluster_fleet(cluster: &RedisCluster, extra: &str, count: usize) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        nodes.push(ha_node(&cluster.url(), extra).await);
+    }
+    for node in &nodes {
+        wait_cluster(node, count as i64, Duration::from_secs(15)).await;
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_sharded_fanout_survives_a_master_failover() {
+    let mut cluster = RedisCluster::start(&tempdir("redis-cluster"), 3, 1).await;
+    let nodes = cluster_fleet(&cluster, "", 3).await;
+    let topics = topics(40);
+    for topic in &topics {
+        nodes[0].register(topic, true).await;
+    }
+    // The registry is spread over the masters, and listed from all of them.
+    let masters = cluster.masters().await;
+    assert_eq!(masters.len(), 3);
+    let mut holding = 0;
+    for port in &masters {
+        let keys: i64 = ask(*port, &redis::cmd("DBSIZE")).await.unwrap();
+        holding += usize::from(keys > 0);
+    }
+    assert_eq!(holding, 3, "registry keys on every master");
+    // `registered_topics` counts the status topic too
+    let status = nodes[2].status("").await;
+    assert_eq!(
+        status["registered_topics"],
+        topics.len() as u64 + 1,
+        "{status}"
+    );
+    let mut sockets = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        sockets.push((
+            topic.clone(),
+            nodes[1 + i % 2].socket(topic, i as i64 + 1).await,
+        ));
+    }
+    assert_eq!(
+        every_topic_crosses(&nodes[0], &mut sockets, 0).await,
+        topics.len()
+    );
+
+    // Kill a master; its replica takes over after the node timeout.
+    let victim = masters[1];
+    let killed = Instant::now();
+    cluster.kill(victim);
+    let mut first_full_round = None;
+    for round in 1..15 {
+        let delivered = every_topic_crosses(&nodes[0], &mut sockets, round).await;
+        println!(
+            "round {round} at {} ms: {delivered} of {}",
+            killed.elapsed().as_millis(),
+            topics.len()
+        );
+        if delivered == topics.len() {
+            first_full_round = Some((round, killed.elapsed()));
+            break;
+        }
+    }
+    let (round, after) = first_full_round.expect("delivery to every topic resumed");
+    println!(
+        "failover timeline (Redis Cluster, SIGKILL of a master): kill -> first round \
+         delivered to all {} topics {} ms (round {round})",
+        topics.len(),
+        after.as_millis()
+    );
+    cluster.wait_ok(Duration::from_secs(30)).await;
+    for node in &nodes {
+        wait_cluster(node, 3, Duration::from_secs(10)).await;
+    }
+    let status = nodes[1].status("").await;
+    assert_eq!(
+        status["registered_topics"],
+        topics.len() as u64 + 1,
+        "{status}"
+    );
+    assert_eq!(
+        every_topic_crosses(&nodes[2], &mut sockets, 100).await,
+        topics.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_classic_pubsub_for_mixed_fleets() {
+    let cluster = RedisCluster::start(&tempdir("redis-cluster-classic"), 3, 0).await;
+    let nodes = cluster_fleet(&cluster, "redis:\n  cluster_pubsub: classic", 2).await;
+    let topics = topics(12);
+    for topic in &topics {
+        nodes[1].register(topic, false).await;
+    }
+    let mut sockets = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        sockets.push((topic.clone(), nodes[0].socket(topic, i as i64 + 1).await));
+    }
+    assert_eq!(
+        every_topic_crosses(&nodes[1], &mut sockets, 0).await,
+        topics.len()
+    );
+    // Classic events are on the Go channel, which a plain subscriber on any
+    // Redis node of the cluster sees.
+    let any = cluster.nodes[2].port;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{any}/")).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("wavelog:events").await.unwrap();
+    assert_eq!(nodes[1].publish(&topics[0], &json!({"seq": 1})).await, 200);
+    let message = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures_util::StreamExt::next(&mut pubsub.on_message()),
+    )
+    .await
+    .expect("the envelope on wavelog:events")
+    .unwrap();
+    let envelope: Value = serde_json::from_slice(message.get_payload_bytes()).unwrap();
+    assert_eq!(envelope["topic"], topics[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_on_a_sentinel_set_from_its_config_file() {
+    let set = SentinelSet::start(&tempdir("sentinel-binary-redis")).await;
+    let dir = tempdir("sentinel-binary");
+    let extra = format!(
+        "redis_url: \"{}\"\nredis:\n  key_prefix: \"wavelog:\"",
+        set.url()
+    );
+    let a = BinaryNode::start(&dir, "a", &extra).await;
+    let b = BinaryNode::start(&dir, "b", &extra).await;
+    wait_cluster(&a.client, 2, Duration::from_secs(15)).await;
+    wait_cluster(&b.client, 2, Duration::from_secs(15)).await;
+    a.client.register("binary", true).await;
+    let mut socket = b.client.socket("binary", 9).await;
+    assert_eq!(a.client.publish("binary", &json!({"seq": 1})).await, 200);
+    socket
+        .expect_push(&json!({"seq": 1}), "cross-node on a Sentinel set")
+        .await;
+    let old = set.master_port().await.unwrap();
+    set.failover().await;
+    wait_cluster(&a.client, 2, Duration::from_secs(10)).await;
+    wait_cluster(&b.client, 2, Duration::from_secs(10)).await;
+    let new = set.master_port().await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(numsub(new).await, 2);
+    let log = a.process.output();
+    assert!(log.contains("the sentinels name this master"), "{log}");
+}

@@ -294,6 +294,12 @@ impl RedisCluster {
                         conf.display().to_string(),
                         "--cluster-node-timeout".to_string(),
                         "2000".to_string(),
+                        // A replica always stands for election (test
+                        // clusters are young), and syncs at once.
+                        "--cluster-replica-validity-factor".to_string(),
+                        "0".to_string(),
+                        "--repl-diskless-sync-delay".to_string(),
+                        "0".to_string(),
                         "--dir".to_string(),
                         dir.display().to_string(),
                     ],
@@ -320,7 +326,29 @@ impl RedisCluster {
             _dir: dir.to_path_buf(),
         };
         cluster.wait_ok(Duration::from_secs(30)).await;
+        cluster.wait_replicas_synced(Duration::from_secs(30)).await;
         cluster
+    }
+
+    /// Until every replica's link to its master is up.
+    async fn wait_replicas_synced(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for node in &self.nodes {
+            loop {
+                let info: String = ask(node.port, redis::cmd("INFO").arg("replication"))
+                    .await
+                    .unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} not in sync",
+                    node.port
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     pub fn url(&self) -> String {
