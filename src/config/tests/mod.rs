@@ -293,3 +293,85 @@ fn missing_file_is_a_clear_error() {
     .expect_err("must fail");
     assert!(err.to_string().contains("/nonexistent/skywave.yaml"));
 }
+
+#[test]
+fn sentinel_and_cluster_url_forms() {
+    let target =
+        RedisTarget::parse("redis+sentinel://app:p%40ss@s1:26379,s2,[::1]:26380/mymaster/2")
+            .expect("sentinel URL");
+    assert_eq!(
+        target,
+        RedisTarget::Sentinel {
+            sentinels: vec![
+                ("s1".to_string(), 26379),
+                ("s2".to_string(), 26379),
+                ("::1".to_string(), 26380)
+            ],
+            master: "mymaster".to_string(),
+            db: 2,
+            auth: Credentials {
+                username: Some("app".to_string()),
+                password: Some("p@ss".to_string()),
+            },
+            tls: false,
+        }
+    );
+    assert!(RedisTarget::parse("rediss+sentinel://s1/m").unwrap().tls());
+    let cluster = RedisTarget::parse("rediss+cluster://:secret@r1,r2:7001").expect("cluster URL");
+    assert_eq!(
+        cluster,
+        RedisTarget::Cluster {
+            seeds: vec![("r1".to_string(), 6379), ("r2".to_string(), 7001)],
+            auth: Credentials {
+                username: None,
+                password: Some("secret".to_string()),
+            },
+            tls: true,
+        }
+    );
+    for (bad, says) in [
+        ("redis+sentinel://s1:26379", "master's name"),
+        ("redis+sentinel://s1/m/x", "not a number"),
+        ("redis+cluster://r1/3", "database 0 only"),
+        ("redis+cluster:///", "names no host"),
+        ("redis+cluster://r1:99999", "bad port"),
+        ("memcached://h", "not a Redis URL"),
+    ] {
+        let error = RedisTarget::parse(bad).expect_err(bad);
+        assert!(error.contains(says), "{bad}: {error}");
+    }
+    // Through the loader: the key is named, the password never shown.
+    let text = format!("worker_secret: {SECRET}\nredis_url: redis+sentinel://u:hunter2@s1/\n");
+    match load(&text) {
+        Err(ConfigError::Key { key, message }) => {
+            assert_eq!(key, "redis_url");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        other => panic!("expected a redis_url error, got {other:?}"),
+    }
+}
+
+#[test]
+fn sentinel_and_cluster_keys_belong_to_their_urls() {
+    let plain = format!(
+        "worker_secret: {SECRET}\nredis_url: redis://h:6379/0\nredis:\n  sentinel_password: x\n"
+    );
+    assert_eq!(key_of(load(&plain)), "redis.sentinel_password");
+    let sentinel = format!(
+        "worker_secret: {SECRET}\nredis_url: redis+sentinel://s1,s2/m\nredis:\n  \
+         sentinel_username: watcher\n  sentinel_password: x\n"
+    );
+    let c = load(&sentinel).expect("loads").config;
+    assert_eq!(c.redis.sentinel_username, "watcher");
+    let cluster = format!(
+        "worker_secret: {SECRET}\nredis_url: redis+cluster://r1\nredis:\n  \
+         cluster_shards: 64\n  cluster_pubsub: classic\n"
+    );
+    let c = load(&cluster).expect("loads").config;
+    assert_eq!(c.redis.cluster_shards, 64);
+    assert_eq!(c.redis.cluster_pubsub, ClusterPubsub::Classic);
+    let bad = format!("worker_secret: {SECRET}\nredis:\n  cluster_pubsub: fast\n");
+    assert_eq!(key_of(load(&bad)), "redis.cluster_pubsub");
+    let bad = format!("worker_secret: {SECRET}\nredis:\n  cluster_shards: 0\n");
+    assert_eq!(key_of(load(&bad)), "redis.cluster_shards");
+}
