@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    ask, tempdir, BinaryNode, NodeClient, RedisCluster, SentinelSet, TestNode, Ws,
+    ask, tempdir, BinaryNode, NodeClient, RedisCluster, Secured, SentinelSet, TestNode, TlsFiles,
+    Ws,
 };
 
 const PUBLISH_EVERY: Duration = Duration::from_millis(50); // 20/s
@@ -242,6 +243,22 @@ async fn numsub(port: u16) -> i64 {
     .await
     .unwrap_or_default();
     count
+}
+
+/// Until `PUBSUB NUMSUB` on the Redis at `port` is `count` (at most 5 s).
+async fn wait_numsub(port: u16, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = numsub(port).await;
+        if now == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} subscribers on {port} within 5 s, got {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn sentinel_pair(set: &SentinelSet) -> (TestNode, TestNode) {
@@ -493,15 +510,20 @@ async fn redis_cluster_classic_pubsub_for_mixed_fleets() {
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe("wavelog:events").await.unwrap();
     assert_eq!(nodes[1].publish(&topics[0], &json!({"seq": 1})).await, 200);
-    let message = tokio::time::timeout(
-        Duration::from_secs(3),
-        futures_util::StreamExt::next(&mut pubsub.on_message()),
-    )
-    .await
-    .expect("the envelope on wavelog:events")
-    .unwrap();
-    let envelope: Value = serde_json::from_slice(message.get_payload_bytes()).unwrap();
-    assert_eq!(envelope["topic"], topics[0]);
+    // (earlier envelopes may still be on their way across the cluster bus)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut messages = pubsub.on_message();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, futures_util::StreamExt::next(&mut messages))
+            .await
+            .expect("the envelope on wavelog:events within 5 s")
+            .unwrap();
+        let envelope: Value = serde_json::from_slice(message.get_payload_bytes()).unwrap();
+        if envelope["topic"] == topics[0] && envelope["payload"]["seq"] == 1 {
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,7 +550,69 @@ async fn the_binary_runs_on_a_sentinel_set_from_its_config_file() {
     wait_cluster(&b.client, 2, Duration::from_secs(10)).await;
     let new = set.master_port().await.unwrap();
     assert_ne!(old, new);
-    assert_eq!(numsub(new).await, 2);
+    wait_numsub(new, 2).await;
     let log = a.process.output();
     assert!(log.contains("the sentinels name this master"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_with_passwords_follows_a_failover() {
+    let dir = tempdir("sentinel-tls");
+    let certs = TlsFiles::generate(&dir.join("certs"));
+    let ca = certs.ca.display().to_string();
+    let secured = Secured {
+        tls: Some(certs),
+        master_password: Some("data-pa55".to_string()),
+        sentinel_password: Some("watch-pa55".to_string()),
+    };
+    let set = SentinelSet::start_secured(&dir.join("redis"), secured).await;
+    assert!(
+        set.url().starts_with("rediss+sentinel://:data-pa55@"),
+        "{}",
+        set.url()
+    );
+    let extra = format!("redis:\n  tls_ca_file: \"{ca}\"\n  sentinel_password: watch-pa55");
+    let a = ha_node(&set.url(), &extra).await;
+    let b = ha_node(&set.url(), &extra).await;
+    wait_cluster(&a, 2, Duration::from_secs(15)).await;
+    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.register("tls-contest", true).await;
+    let mut socket = b.socket("tls-contest", 3).await;
+    assert_eq!(a.publish("tls-contest", &json!({"seq": 1})).await, 200);
+    socket
+        .expect_push(&json!({"seq": 1}), "cross-node over TLS")
+        .await;
+
+    let old = set.master_port().await.expect("master");
+    set.failover().await;
+    wait_cluster(&a, 2, Duration::from_secs(10)).await;
+    wait_cluster(&b, 2, Duration::from_secs(10)).await;
+    let new = set.master_port().await.expect("master");
+    assert_ne!(old, new);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let numsub = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("wavelog:events")
+            .clone();
+        let (_, subscribed): (String, i64) = set.ask(new, false, &numsub).await.unwrap();
+        if subscribed == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes on the new master within 5 s, over TLS: {subscribed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B was away from the cluster for a moment: it says so first.
+    let notice = socket.recv_json(Duration::from_secs(3)).await;
+    assert_eq!(
+        notice,
+        Some(json!({"type": "resync", "reason": "cluster_rejoin"}))
+    );
+    assert_eq!(a.publish("tls-contest", &json!({"seq": 2})).await, 200);
+    socket
+        .expect_push(&json!({"seq": 2}), "cross-node after the failover")
+        .await;
 }

@@ -390,7 +390,7 @@ mod tests {
                 node("127.0.0.1", 7002),
             ]),
         ]);
-        let topology = Topology::from_slots(&answer).unwrap();
+        let topology = Topology::from_slots(&answer).expect("a CLUSTER SLOTS answer");
         assert_eq!(topology.masters.len(), 2);
         assert_eq!(topology.nodes.len(), 3);
         assert!(topology.complete());

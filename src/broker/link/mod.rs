@@ -37,7 +37,7 @@ pub enum Target {
     Direct(Arc<Direct>),
     /// The master a Sentinel set names, replaced when it changes.
     Sentinel(SentinelSet),
-    Cluster(ClusterLink),
+    Cluster(Box<ClusterLink>),
 }
 
 /// One server: pooled connections for commands, and the client for the
@@ -103,7 +103,7 @@ impl RedisLink {
                 settings, sentinels, master, db, auth, tls,
             )?),
             RedisTarget::Cluster { seeds, auth, tls } => {
-                Target::Cluster(ClusterLink::new(settings, seeds, auth, tls)?)
+                Target::Cluster(Box::new(ClusterLink::new(settings, seeds, auth, tls)?))
             }
         };
         Ok(RedisLink {

@@ -316,7 +316,9 @@ fn sentinel_and_cluster_url_forms() {
             tls: false,
         }
     );
-    assert!(RedisTarget::parse("rediss+sentinel://s1/m").unwrap().tls());
+    assert!(RedisTarget::parse("rediss+sentinel://s1/m")
+        .expect("TLS sentinel URL")
+        .tls());
     let cluster = RedisTarget::parse("rediss+cluster://:secret@r1,r2:7001").expect("cluster URL");
     assert_eq!(
         cluster,

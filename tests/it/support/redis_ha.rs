@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{free_port, TlsFiles};
 
 /// One `redis-server` (or `redis-sentinel`) process with fixed arguments.
 pub struct Proc {
@@ -106,31 +106,144 @@ pub async fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis
 
 pub const MASTER_NAME: &str = "mymaster";
 
+/// How a Sentinel set is protected: TLS everywhere (certificates from a
+/// throw-away CA), a password on the master and replica, a password on the
+/// sentinels.
+#[derive(Default)]
+pub struct Secured {
+    pub tls: Option<TlsFiles>,
+    pub master_password: Option<String>,
+    pub sentinel_password: Option<String>,
+}
+
+impl Secured {
+    /// `redis-server` arguments for TLS only and the password.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--port".to_string(),
+                "0".to_string(),
+                "--tls-port".to_string(),
+                port.to_string(),
+                "--tls-replication".to_string(),
+                "yes".to_string(),
+                "--tls-auth-clients".to_string(),
+                "no".to_string(),
+                "--tls-cert-file".to_string(),
+                tls.cert.display().to_string(),
+                "--tls-key-file".to_string(),
+                tls.key.display().to_string(),
+                "--tls-ca-cert-file".to_string(),
+                tls.ca.display().to_string(),
+            ]);
+        }
+        if let Some(password) = &self.master_password {
+            args.extend([
+                "--requirepass".to_string(),
+                password.clone(),
+                "--masterauth".to_string(),
+                password.clone(),
+            ]);
+        }
+        args
+    }
+
+    /// The lines of a sentinel's config for TLS and the passwords.
+    fn sentinel_conf(&self, port: u16) -> String {
+        let mut conf = String::new();
+        match &self.tls {
+            Some(tls) => conf.push_str(&format!(
+                "port 0\ntls-port {port}\ntls-replication yes\ntls-auth-clients no\n\
+                 tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            )),
+            None => conf.push_str(&format!("port {port}\n")),
+        }
+        if let Some(password) = &self.sentinel_password {
+            conf.push_str(&format!(
+                "requirepass {password}\nsentinel sentinel-pass {password}\n"
+            ));
+        }
+        conf
+    }
+
+    /// A client of `127.0.0.1:port` (a sentinel or a data server).
+    fn client(&self, port: u16, sentinel: bool) -> redis::RedisResult<redis::Client> {
+        skywave::broker::install_crypto_provider();
+        let password = if sentinel {
+            &self.sentinel_password
+        } else {
+            &self.master_password
+        };
+        let auth = password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        match &self.tls {
+            Some(tls) => redis::Client::build_with_tls(
+                format!("rediss://{auth}127.0.0.1:{port}/"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca).expect("CA file")),
+                },
+            ),
+            None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")),
+        }
+    }
+
+    async fn ask<T: redis::FromRedisValue>(
+        &self,
+        port: u16,
+        sentinel: bool,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let client = self.client(port, sentinel)?;
+        let run = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            cmd.query_async::<T>(&mut conn).await
+        };
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
+    }
+}
+
 /// A master, a replica and three sentinels (quorum 2, the master down
 /// after 1 s without answers).
 pub struct SentinelSet {
     pub servers: Vec<Proc>,
     pub sentinels: Vec<Proc>,
+    pub secured: Secured,
     _dir: PathBuf,
 }
 
 impl SentinelSet {
     pub async fn start(dir: &Path) -> SentinelSet {
+        SentinelSet::start_secured(dir, Secured::default()).await
+    }
+
+    pub async fn start_secured(dir: &Path, secured: Secured) -> SentinelSet {
         std::fs::create_dir_all(dir).expect("sentinel dir");
         let master_port = free_port();
         let replica_port = free_port();
-        let master = Proc::new("redis-server", master_port, redis_args(master_port, &[]));
+        let master = Proc::new(
+            "redis-server",
+            master_port,
+            redis_args(master_port, &secured.server_args(master_port)),
+        );
+        let mut replica_args = secured.server_args(replica_port);
+        replica_args.extend([
+            "--replicaof".to_string(),
+            "127.0.0.1".to_string(),
+            master_port.to_string(),
+        ]);
         let replica = Proc::new(
             "redis-server",
             replica_port,
-            redis_args(
-                replica_port,
-                &[
-                    "--replicaof".to_string(),
-                    "127.0.0.1".to_string(),
-                    master_port.to_string(),
-                ],
-            ),
+            redis_args(replica_port, &replica_args),
         );
         let mut sentinels = Vec::new();
         for i in 0..3 {
@@ -139,11 +252,18 @@ impl SentinelSet {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                    "{}bind 127.0.0.1\ndaemonize no\ndir {dir}\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     {}\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 10000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    secured.sentinel_conf(port),
+                    secured
+                        .master_password
+                        .as_ref()
+                        .map(|p| format!("sentinel auth-pass {MASTER_NAME} {p}\n"))
+                        .unwrap_or_default(),
                     dir = dir.display()
                 ),
             )
@@ -157,6 +277,7 @@ impl SentinelSet {
         let set = SentinelSet {
             servers: vec![master, replica],
             sentinels,
+            secured,
             _dir: dir.to_path_buf(),
         };
         set.wait_ready().await;
@@ -170,7 +291,29 @@ impl SentinelSet {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}/0", hosts.join(","))
+        let scheme = if self.secured.tls.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        let auth = self
+            .secured
+            .master_password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{auth}{}/{MASTER_NAME}/0", hosts.join(","))
+    }
+
+    /// A command to the sentinel or data server on `port`, with this set's
+    /// TLS and passwords.
+    pub async fn ask<T: redis::FromRedisValue>(
+        &self,
+        port: u16,
+        sentinel: bool,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        self.secured.ask(port, sentinel, cmd).await
     }
 
     /// The master's port as the first sentinel that answers names it.
@@ -178,7 +321,10 @@ impl SentinelSet {
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("get-master-addr-by-name").arg(MASTER_NAME);
         for sentinel in self.sentinels.iter().filter(|s| s.running()) {
-            if let Ok(Some((_, port))) = ask::<Option<(String, u16)>>(sentinel.port, &cmd).await {
+            if let Ok(Some((_, port))) = self
+                .ask::<Option<(String, u16)>>(sentinel.port, true, &cmd)
+                .await
+            {
                 return Some(port);
             }
         }
@@ -194,14 +340,20 @@ impl SentinelSet {
             for sentinel in &self.sentinels {
                 let mut cmd = redis::cmd("SENTINEL");
                 cmd.arg("replicas").arg(MASTER_NAME);
-                let replicas: Vec<Vec<String>> = ask(sentinel.port, &cmd).await.unwrap_or_default();
+                let replicas: Vec<Vec<String>> = self
+                    .ask(sentinel.port, true, &cmd)
+                    .await
+                    .unwrap_or_default();
                 let synced = replicas.iter().any(|r| {
                     r.windows(2)
                         .any(|kv| kv[0] == "master-link-status" && kv[1] == "ok")
                 });
                 let mut cmd = redis::cmd("SENTINEL");
                 cmd.arg("sentinels").arg(MASTER_NAME);
-                let others: Vec<redis::Value> = ask(sentinel.port, &cmd).await.unwrap_or_default();
+                let others: Vec<redis::Value> = self
+                    .ask(sentinel.port, true, &cmd)
+                    .await
+                    .unwrap_or_default();
                 ready &= synced && others.len() == 2;
             }
             if ready {
@@ -221,7 +373,8 @@ impl SentinelSet {
         let before = self.master_port().await.expect("a master");
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("FAILOVER").arg(MASTER_NAME);
-        let _: () = ask(self.sentinels[0].port, &cmd)
+        let _: () = self
+            .ask(self.sentinels[0].port, true, &cmd)
             .await
             .expect("SENTINEL FAILOVER");
         self.wait_switch(before, Duration::from_secs(20)).await
