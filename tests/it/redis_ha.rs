@@ -340,6 +340,10 @@ async fn sentinel_master_killed_loses_no_local_delivery_and_recovers() {
     let run = Run::start(&a, &b, "contest-kill").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (killed, old) = set.kill_master().await;
+    // A registration while no master answers: taken locally (200), written
+    // to the new master once the node rejoins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.register("registered-during-failover", false).await;
     let switched = set.wait_switch(old, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let outcome = run.finish().await;
@@ -364,6 +368,18 @@ async fn sentinel_master_killed_loses_no_local_delivery_and_recovers() {
     outcome.assert_remote_tail(switched + Duration::from_secs(5));
     outcome.assert_health_honest();
     assert_on_new_master(&set, &a, &b, old, "contest-kill").await;
+    let new = set.master_port().await.expect("a master");
+    let key: Option<String> = ask(
+        new,
+        redis::cmd("GET").arg("wavelog:topic:registered-during-failover"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        key.as_deref(),
+        Some(r#"{"require_token":false}"#),
+        "written back to the new master"
+    );
 }
 
 /// Topics spread over many slots (and so over every master).
