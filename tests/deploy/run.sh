@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deployment tests: static checks of the kit (compose.yaml, Dockerfile,
-# nginx/, deploy/skywave.service, docs), the monitoring files (Grafana
+# nginx/, deploy/skywave.service, docs), the Sentinel and Redis Cluster
+# compose examples started for real (check_compose_ha.py), the monitoring files (Grafana
 # dashboard, Prometheus alerts) against real nodes, the Kubernetes manifests
 # against the Kubernetes JSON schemas, the end-to-end runs through a real
 # nginx and a real haproxy in front of two skywave nodes and a real
@@ -19,7 +20,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 binary="${1:-$here/../../target/release/skywave}"
 
 passed=0 failed=0
-for test in check_files.py check_monitoring.py check_kubernetes.py e2e_nginx.py e2e_haproxy.py e2e_dashboard.py; do
+for test in check_files.py check_compose_ha.py check_monitoring.py check_kubernetes.py e2e_nginx.py e2e_haproxy.py e2e_dashboard.py; do
   echo "== tests/deploy/$test"
   if python3 "$here/$test" "$binary"; then
     passed=$((passed + 1))
