@@ -201,7 +201,9 @@ def main():
                 f.stop()
     rows = []
     for name, runs in results.items():
-        med = lambda f: sorted(f(r) for r in runs)[len(runs) // 2]
+        def med(f, runs=runs):
+            v = sorted(f(r) for r in runs)
+            return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
         rows.append((name,
                      med(lambda r: r["nodes"][1]["latency"]["p50_ms"]), med(lambda r: r["nodes"][1]["latency"]["p99_ms"]),
                      med(lambda r: r["nodes"][0]["latency"]["p50_ms"]),
