@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use self::envelope::{
     decode as decode_envelope, encode as encode_envelope, Envelope, EnvelopeError,
 };
-pub use self::link::install_crypto_provider;
+pub use self::link::{install_crypto_provider, key_slot};
 pub use self::redis::{RedisBroker, RedisMessage, RedisSubscription};
 use crate::config::{Config, Secret};
 use crate::topic::{TopicChange, TopicMeta};

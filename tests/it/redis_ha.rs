@@ -632,3 +632,73 @@ async fn sentinel_over_tls_with_passwords_follows_a_failover() {
         .expect_push(&json!({"seq": 2}), "cross-node after the failover")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_resharding_moves_a_shard_channel_and_nodes_follow() {
+    let cluster = RedisCluster::start(&tempdir("redis-cluster-reshard"), 3, 0).await;
+    let nodes = cluster_fleet(&cluster, "", 2).await;
+    let topics = topics(24);
+    for topic in &topics {
+        nodes[0].register(topic, false).await;
+    }
+    let mut sockets = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        sockets.push((topic.clone(), nodes[1].socket(topic, i as i64 + 1).await));
+    }
+    assert_eq!(
+        every_topic_crosses(&nodes[0], &mut sockets, 0).await,
+        topics.len()
+    );
+
+    // Move the slot of every shard channel one master owns to another.
+    let slot = skywave::broker::key_slot(b"wavelog:events:0");
+    let from = cluster.owner(slot).await.expect("an owner");
+    let to = *cluster
+        .masters()
+        .await
+        .iter()
+        .find(|p| **p != from)
+        .expect("another master");
+    let moved = Instant::now();
+    cluster.move_slot(slot, from, to).await;
+    assert_eq!(cluster.owner(slot).await, Some(to));
+    // The nodes hear `sunsubscribe` from the old owner and subscribe anew.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, count): (String, i64) = ask(
+            to,
+            redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg("wavelog:events:0"),
+        )
+        .await
+        .unwrap();
+        if count == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes resubscribed on the new owner: {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "resharding: slot {slot} moved {from} -> {to}; both nodes subscribed on the new owner after {} ms",
+        moved.elapsed().as_millis()
+    );
+    let mut delivered = 0;
+    for round in 1..6 {
+        delivered = every_topic_crosses(&nodes[0], &mut sockets, round).await;
+        if delivered == topics.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        delivered,
+        topics.len(),
+        "every topic crosses after the resharding"
+    );
+    for node in &nodes {
+        wait_cluster(node, 2, Duration::from_secs(5)).await;
+    }
+}

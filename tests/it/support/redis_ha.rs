@@ -558,6 +558,72 @@ impl RedisCluster {
         Vec::new()
     }
 
+    /// The port of the master that owns `slot`.
+    pub async fn owner(&self, slot: u16) -> Option<u16> {
+        for node in self.nodes.iter().filter(|n| n.running()) {
+            let slots: redis::RedisResult<Vec<Vec<redis::Value>>> =
+                ask(node.port, redis::cmd("CLUSTER").arg("SLOTS")).await;
+            if let Ok(slots) = slots {
+                return slots.iter().find_map(|range| {
+                    let start: u16 = redis::from_redis_value_ref(range.first()?).ok()?;
+                    let end: u16 = redis::from_redis_value_ref(range.get(1)?).ok()?;
+                    if !(start..=end).contains(&slot) {
+                        return None;
+                    }
+                    let master =
+                        redis::from_redis_value_ref::<Vec<redis::Value>>(range.get(2)?).ok()?;
+                    redis::from_redis_value_ref::<u16>(master.get(1)?).ok()
+                });
+            }
+        }
+        None
+    }
+
+    /// Moves `slot` (and its keys) from the master on `from` to the one on
+    /// `to`, as `redis-cli --cluster reshard` does for each slot.
+    pub async fn move_slot(&self, slot: u16, from: u16, to: u16) {
+        let id = |port: u16| async move {
+            ask::<String>(port, redis::cmd("CLUSTER").arg("MYID"))
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let setslot = |port: u16, args: Vec<String>| async move {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(&args);
+            let _: () = ask(port, &cmd).await.expect("CLUSTER SETSLOT");
+        };
+        setslot(to, vec!["IMPORTING".into(), from_id.clone()]).await;
+        setslot(from, vec!["MIGRATING".into(), to_id.clone()]).await;
+        loop {
+            let keys: Vec<String> = ask(
+                from,
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100),
+            )
+            .await
+            .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys);
+            let _: redis::Value = ask(from, &migrate).await.expect("MIGRATE");
+        }
+        for node in self.nodes.iter().filter(|n| n.running()) {
+            setslot(node.port, vec!["NODE".into(), to_id.clone()]).await;
+        }
+    }
+
     /// SIGKILL of the node on `port`.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
