@@ -318,7 +318,7 @@ async fn at_shutdown_requests_in_flight_are_answered_and_late_ones_get_503_not_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_cap_follows_the_fd_limit_and_the_internal_api_keeps_answering() {
     let dir = tempdir("fdlimit");
-    let (ws, internal) = (crate::support::free_port(), crate::support::free_port());
+    let (ws, internal) = crate::support::two_free_ports();
     std::fs::write(
         dir.join("config.yaml"),
         format!(

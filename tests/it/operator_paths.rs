@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::{
-    free_port, tempdir, wait_port, BinaryNode, NodeClient, Process, RedisServer, TlsFiles, SECRET,
+    free_port, tempdir, two_free_ports, wait_port, BinaryNode, NodeClient, Process, RedisServer,
+    TlsFiles, SECRET,
 };
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -55,9 +56,10 @@ async fn go_layout_config_yaml_in_the_working_directory_is_read_without_flags() 
 async fn no_secret_and_no_terminal_refuses_to_start_naming_the_key_and_the_paths() {
     let dir = tempdir("nosecret");
     let mut command = Process::command(&dir);
+    let (ws, internal) = two_free_ports();
     command
-        .env("SKYWAVE_WS_PORT", free_port().to_string())
-        .env("SKYWAVE_INTERNAL_PORT", free_port().to_string());
+        .env("SKYWAVE_WS_PORT", ws.to_string())
+        .env("SKYWAVE_INTERNAL_PORT", internal.to_string());
     let mut process = Process::spawn(command, &dir, "skywave");
     let status = process.wait_exit(WITHIN).await.expect("exits by itself");
     assert!(!status.success());
@@ -76,7 +78,7 @@ async fn no_secret_and_no_terminal_refuses_to_start_naming_the_key_and_the_paths
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_secret_only_on_request_or_in_a_terminal() {
     let dir = tempdir("gensecret");
-    let (ws, internal) = (free_port(), free_port());
+    let (ws, internal) = two_free_ports();
     let mut command = Process::command(&dir);
     command
         .arg("--generate-secret")
@@ -91,7 +93,7 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
 
     // The README's first command, from a terminal: `script` gives the
     // binary a pseudo-terminal as its stdin and stderr.
-    let (ws, internal) = (free_port(), free_port());
+    let (ws, internal) = two_free_ports();
     let binary = env!("CARGO_BIN_EXE_skywave");
     let mut command = Command::new("script");
     command
@@ -277,7 +279,7 @@ async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
     // No CA file: the system's roots, here made to hold the test CA through
     // SSL_CERT_FILE (as a managed Redis's public CA is in the real roots).
     let mut command = Process::command(&dir);
-    let (ws, internal) = (free_port(), free_port());
+    let (ws, internal) = two_free_ports();
     command
         .env("SSL_CERT_FILE", &certs.ca)
         .env("SKYWAVE_REDIS_URL", redis.url())

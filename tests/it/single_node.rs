@@ -191,7 +191,7 @@ fn write_config(dir: &std::path::Path, ws: u16, internal: u16) -> std::path::Pat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_with_1001_exits_and_restart_loses_the_registry() {
     let dir = tempdir("single");
-    let (ws, internal) = (crate::support::free_port(), crate::support::free_port());
+    let (ws, internal) = crate::support::two_free_ports();
     let config = write_config(&dir, ws, internal);
     // the Go flag spelling
     let mut child = binary()

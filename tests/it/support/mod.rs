@@ -324,6 +324,18 @@ pub async fn http(
     (code, body)
 }
 
+/// Two different free ports (two calls of `free_port` in a row may give
+/// the same one: it was released in between).
+pub fn two_free_ports() -> (u16, u16) {
+    let first = free_port();
+    loop {
+        let second = free_port();
+        if second != first {
+            return (first, second);
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, NodeClient, SECRET};
+use super::{two_free_ports, NodeClient, SECRET};
 
 pub struct Process {
     child: Option<Child>,
@@ -146,7 +146,7 @@ impl BinaryNode {
     pub async fn start(dir: &Path, name: &str, extra: &str) -> BinaryNode {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
-        let (ws, internal) = (free_port(), free_port());
+        let (ws, internal) = two_free_ports();
         std::fs::write(
             dir.join("config.yaml"),
             format!(

@@ -227,8 +227,8 @@ impl SentinelSet {
 
     pub async fn start_secured(dir: &Path, secured: Secured) -> SentinelSet {
         std::fs::create_dir_all(dir).expect("sentinel dir");
-        let master_port = free_port();
-        let replica_port = free_port();
+        let ports = distinct_ports(5);
+        let (master_port, replica_port) = (ports[0], ports[1]);
         let master = Proc::new(
             "redis-server",
             master_port,
@@ -246,8 +246,7 @@ impl SentinelSet {
             redis_args(replica_port, &replica_args),
         );
         let mut sentinels = Vec::new();
-        for i in 0..3 {
-            let port = free_port();
+        for (i, port) in ports[2..].iter().copied().enumerate() {
             let conf = dir.join(format!("sentinel-{i}.conf"));
             std::fs::write(
                 &conf,
@@ -407,18 +406,32 @@ impl SentinelSet {
     }
 }
 
-/// A port `p` free with `p + 10000` (its cluster bus) free too.
+/// A port `p` free with `p + 10000` (its cluster bus) free too, both below
+/// the kernel's ephemeral range (so no `free_port` of another test can be
+/// handed one of them), and never handed out twice in this process.
 fn cluster_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 10000 + (std::process::id() % 500) as u16 * 10;
     loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let port = 20000 + port % 25000;
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 6000;
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         if free(port) && free(port + 10000) {
             return port;
         }
     }
+}
+
+/// `n` different free ports.
+fn distinct_ports(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 /// A Redis Cluster of `masters` masters with `replicas` replicas each
