@@ -218,6 +218,37 @@ impl Outcome {
         }
     }
 
+    /// The checks of a failure at `origin` (what and when) that the
+    /// sentinels answered with a switch at `switched`, and the printed
+    /// timeline: every publish 200 and local delivery complete; a publish
+    /// after the switch on B within 5 s, everything from 5 s after it in
+    /// order; health honest.
+    fn judge(&self, what: &str, origin: (&str, Instant), switched: Instant) {
+        self.assert_local_complete();
+        let (seq, at) = self
+            .first_remote_after(switched)
+            .expect("a publish after the switch reached node B");
+        println!(
+            "failover timeline ({what}): {} -> sentinels switched {} ms, switched -> first \
+             cross-node delivery {} ms (seq {seq}), {} -> first cross-node delivery of a later \
+             publish {} ms; B missed {} of {} publishes; not ready A/B {:?} ms",
+            origin.0,
+            (switched - origin.1).as_millis(),
+            at.saturating_duration_since(switched).as_millis(),
+            origin.0,
+            at.saturating_duration_since(origin.1).as_millis(),
+            self.remote_missing(),
+            self.sent.len(),
+            self.unready_ms(),
+        );
+        assert!(
+            at.saturating_duration_since(switched) <= Duration::from_secs(5),
+            "cross-node delivery back within 5 s"
+        );
+        self.assert_remote_tail(switched + Duration::from_secs(5));
+        self.assert_health_honest();
+    }
+
     /// How long each node was not ready, in ms (printed).
     fn unready_ms(&self) -> Vec<u128> {
         self.health
@@ -312,24 +343,7 @@ async fn sentinel_failover_loses_no_publish_and_moves_both_nodes() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let outcome = run.finish().await;
 
-    outcome.assert_local_complete();
-    let (seq, at) = outcome
-        .first_remote_after(switched)
-        .expect("a publish after the switch reached node B");
-    println!(
-        "failover timeline (SENTINEL FAILOVER): trigger -> sentinels switched {} ms, switched -> first cross-node delivery {} ms (seq {seq}); B missed {} of {} publishes; not ready A/B {:?} ms",
-        (switched - trigger).as_millis(),
-        at.saturating_duration_since(switched).as_millis(),
-        outcome.remote_missing(),
-        outcome.sent.len(),
-        outcome.unready_ms(),
-    );
-    assert!(
-        at.saturating_duration_since(switched) <= Duration::from_secs(5),
-        "cross-node delivery back within 5 s"
-    );
-    outcome.assert_remote_tail(switched + Duration::from_secs(5));
-    outcome.assert_health_honest();
+    outcome.judge("SENTINEL FAILOVER", ("trigger", trigger), switched);
     assert_on_new_master(&set, &a, &b, old, "contest-failover").await;
 }
 
@@ -348,25 +362,7 @@ async fn sentinel_master_killed_loses_no_local_delivery_and_recovers() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let outcome = run.finish().await;
 
-    outcome.assert_local_complete();
-    let (seq, at) = outcome
-        .first_remote_after(switched)
-        .expect("a publish after the switch reached node B");
-    println!(
-        "failover timeline (SIGKILL of the master): kill -> sentinels switched {} ms, switched -> first cross-node delivery {} ms (seq {seq}), kill -> first cross-node delivery of a later publish {} ms; B missed {} of {} publishes; not ready A/B {:?} ms",
-        (switched - killed).as_millis(),
-        at.saturating_duration_since(switched).as_millis(),
-        at.saturating_duration_since(killed).as_millis(),
-        outcome.remote_missing(),
-        outcome.sent.len(),
-        outcome.unready_ms(),
-    );
-    assert!(
-        at.saturating_duration_since(switched) <= Duration::from_secs(5),
-        "cross-node delivery back within 5 s"
-    );
-    outcome.assert_remote_tail(switched + Duration::from_secs(5));
-    outcome.assert_health_honest();
+    outcome.judge("SIGKILL of the master", ("kill", killed), switched);
     assert_on_new_master(&set, &a, &b, old, "contest-kill").await;
     let new = set.master_port().await.expect("a master");
     let key: Option<String> = ask(
