@@ -51,10 +51,12 @@ class Stack:
         self.address = {name: f"127.0.0.{base + i}" for i, name in enumerate(self.redis)}
 
     def rewrite(self, text, name):
-        """Service names -> addresses, /tmp/ -> the service's own directory."""
+        """Service names -> addresses, /tmp/ and /data/ (the image's working
+        directory) -> the service's own directory."""
         for service, address in sorted(self.address.items(), key=lambda kv: -len(kv[0])):
             text = re.sub(rf"(?<![\w.-]){re.escape(service)}(?![\w.-])", address, text)
-        return text.replace("/tmp/", os.path.join(self.tmp, name) + "/")
+        own = os.path.join(self.tmp, name) + "/"
+        return text.replace("/tmp/", own).replace("/data/", own)
 
     def argv(self, name):
         service = self.compose["services"][name]
@@ -77,7 +79,12 @@ class Stack:
         return argv
 
     def start(self, name, results):
-        proc = Process(name, self.argv(name), os.path.join(self.tmp, f"{name}.log"))
+        argv = self.argv(name)
+        own = os.path.join(self.tmp, name)
+        if argv[0] == "redis-server":
+            # relative paths (nodes.conf) as in the image's /data
+            argv = ["sh", "-c", 'cd "$0" && exec "$@"', own, *argv]
+        proc = Process(name, argv, os.path.join(self.tmp, f"{name}.log"))
         self.procs.append(proc)
         return proc
 
