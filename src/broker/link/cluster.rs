@@ -11,7 +11,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::{classify, open_client, server_info, tls_certificates};
+use super::{classify, open_client, server_info, tls_certificates, within};
 use crate::broker::BrokerError;
 use crate::config::{Credentials, RedisSettings};
 
@@ -203,10 +203,7 @@ impl ClusterLink {
         timeout: Duration,
     ) -> Result<ClusterConnection, BrokerError> {
         let client = self.client(redis::ProtocolVersion::RESP3, Some(pushes))?;
-        tokio::time::timeout(timeout, client.get_async_connection())
-            .await
-            .map_err(|_| BrokerError::Timeout(timeout))?
-            .map_err(classify)
+        within(timeout, client.get_async_connection()).await
     }
 
     /// The shared connection, connected first if needed.
@@ -218,10 +215,7 @@ impl ClusterLink {
             .client
             .as_ref()
             .ok_or_else(|| BrokerError::Config("cluster client not built".to_string()))?;
-        let conn = tokio::time::timeout(timeout, client.get_async_connection())
-            .await
-            .map_err(|_| BrokerError::Timeout(timeout))?
-            .map_err(classify)?;
+        let conn = within(timeout, client.get_async_connection()).await?;
         if let Ok(mut slot) = self.conn.lock() {
             *slot = Some(conn.clone());
         }

@@ -20,6 +20,7 @@ use redis::{AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo};
 use tokio::sync::Notify;
 
 pub use self::cluster::{key_slot, ClusterLink};
+
 pub use self::sentinel::{SentinelSet, Shared as SentinelShared};
 use super::BrokerError;
 use crate::config::{redact_url, Config, Credentials, RedisSettings, RedisTarget, Secret};
@@ -151,21 +152,7 @@ impl RedisLink {
     }
 
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-        self.guard(async {
-            match &self.target {
-                Target::Cluster(cluster) => {
-                    let mut conn = cluster.connection(self.connect_timeout).await?;
-                    cmd.query_async::<T>(&mut conn)
-                        .await
-                        .map_err(|e| cluster.failed(e))
-                }
-                _ => {
-                    let mut conn = self.pooled().await?;
-                    cmd.query_async::<T>(&mut conn).await.map_err(classify)
-                }
-            }
-        })
-        .await
+        self.send(cmd).await
     }
 
     /// A pipeline; on a Redis Cluster every command of it must name keys
@@ -174,17 +161,20 @@ impl RedisLink {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, BrokerError> {
+        self.send(pipe).await
+    }
+
+    /// A command or a pipeline, on the cluster connection or a pooled one.
+    async fn send<T: FromRedisValue>(&self, request: &impl Request) -> Result<T, BrokerError> {
         self.guard(async {
             match &self.target {
                 Target::Cluster(cluster) => {
                     let mut conn = cluster.connection(self.connect_timeout).await?;
-                    pipe.query_async::<T>(&mut conn)
-                        .await
-                        .map_err(|e| cluster.failed(e))
+                    request.send(&mut conn).await.map_err(|e| cluster.failed(e))
                 }
                 _ => {
                     let mut conn = self.pooled().await?;
-                    pipe.query_async::<T>(&mut conn).await.map_err(classify)
+                    request.send(&mut conn).await.map_err(classify)
                 }
             }
         })
@@ -239,6 +229,44 @@ impl RedisLink {
         }
         result
     }
+}
+
+/// What `RedisLink::send` sends: a command or a pipeline.
+trait Request: Sync {
+    fn send<T: FromRedisValue>(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Request for redis::Cmd {
+    fn send<T: FromRedisValue>(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async::<T>(conn)
+    }
+}
+
+impl Request for redis::Pipeline {
+    fn send<T: FromRedisValue>(
+        &self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async::<T>(conn)
+    }
+}
+
+/// A Redis future with a deadline: its own error classified, the deadline
+/// as `Timeout`.
+pub async fn within<T>(
+    deadline: Duration,
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(deadline, future)
+        .await
+        .map_err(|_| BrokerError::Timeout(deadline))?
+        .map_err(classify)
 }
 
 /// Connection trouble and a Redis that answered "no" are different things:

@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::{classify, open_client, server_info, Direct};
+use super::{open_client, server_info, within, Direct};
 use crate::broker::BrokerError;
 use crate::config::{Credentials, RedisSettings};
 
@@ -157,19 +157,9 @@ impl Shared {
         timeout: Duration,
     ) -> Result<((String, u16), redis::Client), BrokerError> {
         let asks = self.sentinels.iter().map(|(address, client)| async move {
-            let answer = tokio::time::timeout(timeout, async {
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(classify)?;
-                let mut cmd = redis::cmd("SENTINEL");
-                cmd.arg("get-master-addr-by-name").arg(&self.master);
-                cmd.query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-                    .map_err(classify)
-            })
-            .await
-            .unwrap_or(Err(BrokerError::Timeout(timeout)));
+            let mut cmd = redis::cmd("SENTINEL");
+            cmd.arg("get-master-addr-by-name").arg(&self.master);
+            let answer = once::<Option<(String, u16)>>(client, &cmd, timeout).await;
             (address, client, answer)
         });
         let answers = futures_util::future::join_all(asks).await;
@@ -201,21 +191,23 @@ impl Shared {
     }
 }
 
-/// `ROLE` says `master`: never subscribe to, or write through, a replica.
-async fn check_role(direct: &Direct, timeout: Duration) -> Result<(), BrokerError> {
-    let role = tokio::time::timeout(timeout, async {
-        let mut conn = direct
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(classify)?;
-        redis::cmd("ROLE")
-            .query_async::<Vec<redis::Value>>(&mut conn)
-            .await
-            .map_err(classify)
+/// One command on a connection of its own (a sentinel, or a server not yet
+/// trusted with the pool's commands).
+async fn once<T: redis::FromRedisValue>(
+    client: &redis::Client,
+    cmd: &redis::Cmd,
+    timeout: Duration,
+) -> Result<T, BrokerError> {
+    within(timeout, async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        cmd.query_async::<T>(&mut conn).await
     })
     .await
-    .unwrap_or(Err(BrokerError::Timeout(timeout)))?;
+}
+
+/// `ROLE` says `master`: never subscribe to, or write through, a replica.
+async fn check_role(direct: &Direct, timeout: Duration) -> Result<(), BrokerError> {
+    let role = once::<Vec<redis::Value>>(direct.client(), &redis::cmd("ROLE"), timeout).await?;
     let name = role
         .first()
         .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())

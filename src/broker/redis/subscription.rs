@@ -24,7 +24,7 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInf
 use redis::{PushInfo, PushKind};
 
 use super::RedisBroker;
-use crate::broker::link::{classify, SentinelShared, Target};
+use crate::broker::link::{within, SentinelShared, Target};
 use crate::broker::BrokerError;
 
 pub struct RedisSubscription {
@@ -105,15 +105,9 @@ impl RedisBroker {
         connect: Duration,
         timeout: Duration,
     ) -> Result<Kind, BrokerError> {
-        let pubsub = tokio::time::timeout(connect, client.get_async_pubsub())
-            .await
-            .map_err(|_| BrokerError::Timeout(connect))?
-            .map_err(classify)?;
+        let pubsub = within(connect, client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
-        tokio::time::timeout(timeout, sink.subscribe(&self.channel))
-            .await
-            .map_err(|_| BrokerError::Timeout(timeout))?
-            .map_err(classify)?;
+        within(timeout, sink.subscribe(&self.channel)).await?;
         Ok(Kind::Classic {
             sink,
             stream,
@@ -132,10 +126,7 @@ impl RedisBroker {
         // One channel per SSUBSCRIBE (several must share a slot); each goes
         // to the master that owns its slot.
         for shard in &self.shards {
-            tokio::time::timeout(timeout, conn.ssubscribe(shard))
-                .await
-                .map_err(|_| BrokerError::Timeout(timeout))?
-                .map_err(classify)?;
+            within(timeout, conn.ssubscribe(shard)).await?;
         }
         Ok(Kind::Sharded { pushes, conn })
     }
@@ -148,15 +139,9 @@ impl SentinelWatch {
         master: &str,
         connect: Duration,
     ) -> Result<SentinelWatch, BrokerError> {
-        let pubsub = tokio::time::timeout(connect, sentinel.get_async_pubsub())
-            .await
-            .map_err(|_| BrokerError::Timeout(connect))?
-            .map_err(classify)?;
+        let pubsub = within(connect, sentinel.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
-        tokio::time::timeout(connect, sink.subscribe("+switch-master"))
-            .await
-            .map_err(|_| BrokerError::Timeout(connect))?
-            .map_err(classify)?;
+        within(connect, sink.subscribe("+switch-master")).await?;
         Ok(SentinelWatch {
             _sink: sink,
             stream,
@@ -236,11 +221,7 @@ impl RedisSubscription {
         let timeout = self.timeout;
         match &mut self.kind {
             Kind::Classic { sink, watch, .. } => {
-                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => return Err(classify(error)),
-                    Err(_) => return Err(BrokerError::Timeout(timeout)),
-                }
+                within(timeout, sink.ping::<redis::Value>()).await?;
                 if let Some(watch) = watch {
                     // All sentinels away: the master still answers, keep it.
                     if let Ok(((host, port), _)) = watch.shared.ask(timeout).await {
@@ -264,11 +245,7 @@ impl RedisSubscription {
                         Some(ResponsePolicy::AllSucceeded),
                     )),
                 );
-                match tokio::time::timeout(timeout, ping).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(error)) => Err(classify(error)),
-                    Err(_) => Err(BrokerError::Timeout(timeout)),
-                }
+                within(timeout, ping).await.map(|_| ())
             }
         }
     }
