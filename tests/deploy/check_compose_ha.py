@@ -20,10 +20,12 @@ is "N passed, N failed".
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,7 @@ class Stack:
                 raise Failure(f"{name}: cannot find 'port 26379' in the sentinel config to add its address")
         return argv
 
-    def start(self, name, results):
+    def start(self, name):
         argv = self.argv(name)
         own = os.path.join(self.tmp, name)
         if argv[0] == "redis-server":
@@ -89,21 +91,13 @@ class Stack:
         return proc
 
     def run_once(self, name, results):
-        proc = self.start(name, results)
+        proc = self.start(name)
         code = proc.wait(60)
         detail = f"exit {code}" if code == 0 else f"exit {code}\n{proc.tail()}"
         results.check(f"{name} exits 0 (its own command)", code == 0, detail)
         return code == 0
 
-    def port_of(self, name, default):
-        argv = self.argv(name)
-        text = " ".join(argv)
-        match = re.search(r"port (\d+)", text) or re.search(r"--port (\d+)", text)
-        return int(match.group(1)) if match else default
-
     def wait_listening(self, name, port):
-        import socket
-
         def up():
             with socket.create_connection((self.address[name], port), timeout=0.5):
                 return True
@@ -126,7 +120,6 @@ class Node:
 
     def status(self):
         code, body = http_request(self.internal_port, "GET", "/internal/status", SECRET)
-        import json
         return json.loads(body) if code == 200 else {}
 
     def post(self, path, body):
@@ -191,17 +184,26 @@ def nodes_join(results, binary, env, tmp, label):
     return nodes
 
 
+def stop(nodes, stack):
+    """Stops the nodes, then the Redis side; returns every process, so the
+    caller can check none is left."""
+    procs = [n.proc for n in nodes] + list(reversed(stack.procs))
+    for proc in procs:
+        proc.stop()
+    return procs
+
+
 def sentinel_file(results, binary, tmp, compose):
     stack = Stack(compose, os.path.join(tmp, "sentinel"), 10)
     os.makedirs(stack.tmp, exist_ok=True)
     nodes = []
     try:
         for name in ("redis-master", "redis-replica"):
-            stack.start(name, results)
+            stack.start(name)
             stack.wait_listening(name, 6379)
         sentinels = [n for n in stack.redis if n.startswith("sentinel")]
         for name in sentinels:
-            stack.start(name, results)
+            stack.start(name)
             stack.wait_listening(name, 26379)
         results.check("sentinel file: a master, a replica and three sentinels run their own commands",
                       len(sentinels) == 3 and all(p.alive() for p in stack.procs),
@@ -226,11 +228,8 @@ def sentinel_file(results, binary, tmp, compose):
         crosses(results, nodes[0], nodes[1], ["sentinel-check"], 2,
                 "sentinel file: a publish crosses the nodes after SENTINEL FAILOVER")
     finally:
-        for n in nodes:
-            n.proc.stop()
-        for proc in reversed(stack.procs):
-            proc.stop()
-    return nodes + stack.procs
+        started = stop(nodes, stack)
+    return started
 
 
 def cluster_file(results, binary, tmp, compose):
@@ -240,7 +239,7 @@ def cluster_file(results, binary, tmp, compose):
     try:
         masters = [n for n in stack.redis if n != "redis-cluster-create"]
         for name in masters:
-            stack.start(name, results)
+            stack.start(name)
             stack.wait_listening(name, 6379)
         creator = next(n for n in stack.redis if "create" in n)
         if not stack.run_once(creator, results):
@@ -263,11 +262,8 @@ def cluster_file(results, binary, tmp, compose):
         results.check("cluster file: events on sharded channels (SSUBSCRIBE)", "wavelog:events:" in
                       " ".join(stack.cli(m, 6379, "pubsub", "shardchannels") for m in masters), shards[:200])
     finally:
-        for n in nodes:
-            n.proc.stop()
-        for proc in reversed(stack.procs):
-            proc.stop()
-    return nodes + stack.procs
+        started = stop(nodes, stack)
+    return started
 
 
 def main():
@@ -304,7 +300,7 @@ def main():
                 results.check(f"{label} file runs", False, str(error))
     finally:
         protect_cleanup()
-        leftovers = [p.name for p in started if (p.proc.alive() if isinstance(p, Node) else p.alive())]
+        leftovers = [p.name for p in started if p.alive()]
         results.check("every process started by the check is stopped", not leftovers, ", ".join(leftovers))
         if args.keep or results.failed:
             print(f"logs kept in {tmp}")
