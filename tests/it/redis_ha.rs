@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    ask, tempdir, BinaryNode, NodeClient, RedisCluster, Secured, SentinelSet, TestNode, TlsFiles,
-    Ws,
+    ask, eventually, tempdir, BinaryNode, NodeClient, RedisCluster, Secured, SentinelSet, TestNode,
+    TlsFiles, Ws,
 };
 
 const PUBLISH_EVERY: Duration = Duration::from_millis(50); // 20/s
@@ -278,18 +278,19 @@ async fn numsub(port: u16) -> i64 {
 
 /// Until `PUBSUB NUMSUB` on the Redis at `port` is `count` (at most 5 s).
 async fn wait_numsub(port: u16, count: i64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = numsub(port).await;
-        if now == count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} subscribers on {port} within 5 s, got {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{count} subscribers on {port}");
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        &what,
+        || async {
+            match numsub(port).await {
+                now if now == count => Ok(()),
+                now => Err(format!("got {now}")),
+            }
+        },
+    )
+    .await;
 }
 
 async fn sentinel_pair(set: &SentinelSet) -> (TestNode, TestNode) {
@@ -601,22 +602,24 @@ async fn sentinel_over_tls_with_passwords_follows_a_failover() {
     wait_cluster(&b, 2, Duration::from_secs(10)).await;
     let new = set.master_port().await.expect("master");
     assert_ne!(old, new);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let numsub = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("wavelog:events")
-            .clone();
-        let (_, subscribed): (String, i64) = set.ask(new, false, &numsub).await.unwrap();
-        if subscribed == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both nodes on the new master within 5 s, over TLS: {subscribed}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let numsub = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("wavelog:events")
+        .clone();
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        "both nodes on the new master, over TLS",
+        || async {
+            let (_, subscribed): (String, i64) = set.ask(new, false, &numsub).await.unwrap();
+            if subscribed == 2 {
+                Ok(())
+            } else {
+                Err(format!("{subscribed} subscribed"))
+            }
+        },
+    )
+    .await;
     // B was away from the cluster for a moment: it says so first.
     let notice = socket.recv_json(Duration::from_secs(3)).await;
     assert_eq!(
@@ -659,25 +662,24 @@ async fn redis_cluster_resharding_moves_a_shard_channel_and_nodes_follow() {
     cluster.move_slot(slot, from, to).await;
     assert_eq!(cluster.owner(slot).await, Some(to));
     // The nodes hear `sunsubscribe` from the old owner and subscribe anew.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, count): (String, i64) = ask(
-            to,
-            redis::cmd("PUBSUB")
-                .arg("SHARDNUMSUB")
-                .arg("wavelog:events:0"),
-        )
-        .await
-        .unwrap();
-        if count == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both nodes resubscribed on the new owner: {count}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let shard_subscribers = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg("wavelog:events:0")
+        .clone();
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "both nodes resubscribed on the new owner",
+        || async {
+            let (_, count): (String, i64) = ask(to, &shard_subscribers).await.unwrap();
+            if count == 2 {
+                Ok(())
+            } else {
+                Err(format!("{count} subscribed"))
+            }
+        },
+    )
+    .await;
     println!(
         "resharding: slot {slot} moved {from} -> {to}; both nodes subscribed on the new owner after {} ms",
         moved.elapsed().as_millis()

@@ -11,7 +11,7 @@ mod redis_server;
 pub use self::answer::{parse_answer, request, Answer};
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
 pub use self::raw::{publish_pipelined, StuckSocket};
-pub use self::redis_ha::{ask, RedisCluster, Secured, SentinelSet};
+pub use self::redis_ha::{ask, eventually, RedisCluster, Secured, SentinelSet};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
 
 use std::net::SocketAddr;

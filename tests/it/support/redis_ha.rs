@@ -104,6 +104,27 @@ pub async fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis
         .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
 }
 
+/// Polls `check` every `every` until it answers `Ok`, for at most
+/// `within`; then fails with `what` and the last answer.
+pub async fn eventually<F, Fut>(within: Duration, every: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match check().await {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {within:?}: {last}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub const MASTER_NAME: &str = "mymaster";
 
 /// How a Sentinel set is protected: TLS everywhere (certificates from a
@@ -333,37 +354,40 @@ impl SentinelSet {
     /// Until the replica is in sync and every sentinel knows it and the
     /// other sentinels (a failover needs both).
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut ready = true;
-            for sentinel in &self.sentinels {
-                let mut cmd = redis::cmd("SENTINEL");
-                cmd.arg("replicas").arg(MASTER_NAME);
-                let replicas: Vec<Vec<String>> = self
-                    .ask(sentinel.port, true, &cmd)
-                    .await
-                    .unwrap_or_default();
-                let synced = replicas.iter().any(|r| {
-                    r.windows(2)
-                        .any(|kv| kv[0] == "master-link-status" && kv[1] == "ok")
-                });
-                let mut cmd = redis::cmd("SENTINEL");
-                cmd.arg("sentinels").arg(MASTER_NAME);
-                let others: Vec<redis::Value> = self
-                    .ask(sentinel.port, true, &cmd)
-                    .await
-                    .unwrap_or_default();
-                ready &= synced && others.len() == 2;
-            }
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Sentinel set did not settle in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the Sentinel set settles",
+            || async {
+                for sentinel in &self.sentinels {
+                    let mut cmd = redis::cmd("SENTINEL");
+                    cmd.arg("replicas").arg(MASTER_NAME);
+                    let replicas: Vec<Vec<String>> = self
+                        .ask(sentinel.port, true, &cmd)
+                        .await
+                        .unwrap_or_default();
+                    let synced = replicas.iter().any(|r| {
+                        r.windows(2)
+                            .any(|kv| kv[0] == "master-link-status" && kv[1] == "ok")
+                    });
+                    let mut cmd = redis::cmd("SENTINEL");
+                    cmd.arg("sentinels").arg(MASTER_NAME);
+                    let others: Vec<redis::Value> = self
+                        .ask(sentinel.port, true, &cmd)
+                        .await
+                        .unwrap_or_default();
+                    if !(synced && others.len() == 2) {
+                        return Err(format!(
+                            "sentinel {}: replica synced {synced}, {} other sentinels",
+                            sentinel.port,
+                            others.len()
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
     }
 
     /// `SENTINEL FAILOVER`, then waits until the sentinels name the other
@@ -498,23 +522,23 @@ impl RedisCluster {
 
     /// Until every replica's link to its master is up.
     async fn wait_replicas_synced(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        for node in &self.nodes {
-            loop {
-                let info: String = ask(node.port, redis::cmd("INFO").arg("replication"))
-                    .await
-                    .unwrap_or_default();
-                if info.contains("role:master") || info.contains("master_link_status:up") {
-                    break;
+        eventually(
+            within,
+            Duration::from_millis(50),
+            "every replica in sync",
+            || async {
+                for node in &self.nodes {
+                    let info: String = ask(node.port, redis::cmd("INFO").arg("replication"))
+                        .await
+                        .unwrap_or_default();
+                    if !(info.contains("role:master") || info.contains("master_link_status:up")) {
+                        return Err(format!("replica {} not in sync", node.port));
+                    }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "replica {} not in sync",
-                    node.port
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+                Ok(())
+            },
+        )
+        .await;
     }
 
     pub fn url(&self) -> String {
@@ -528,24 +552,25 @@ impl RedisCluster {
     /// Until every running node says `cluster_state:ok` and sees every
     /// slot served.
     pub async fn wait_ok(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let mut ok = true;
-            for node in self.nodes.iter().filter(|n| n.running()) {
-                let info: String = ask(node.port, redis::cmd("CLUSTER").arg("INFO"))
-                    .await
-                    .unwrap_or_default();
-                ok &= info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384");
-            }
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Redis Cluster is not ok after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            within,
+            Duration::from_millis(100),
+            "the Redis Cluster ok",
+            || async {
+                for node in self.nodes.iter().filter(|n| n.running()) {
+                    let info: String = ask(node.port, redis::cmd("CLUSTER").arg("INFO"))
+                        .await
+                        .unwrap_or_default();
+                    if !(info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_ok:16384"))
+                    {
+                        return Err(format!("node {} not ok", node.port));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
     }
 
     /// The ports of the masters, as a running node sees them.
