@@ -95,6 +95,14 @@ fn redis_args(port: u16, extra: &[String]) -> Vec<String> {
 /// One command to `127.0.0.1:port`, answered within 2 s.
 pub async fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    ask_client(&client, cmd).await
+}
+
+/// One command on a connection of its own of `client`, answered within 2 s.
+async fn ask_client<T: redis::FromRedisValue>(
+    client: &redis::Client,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
     let run = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
         cmd.query_async::<T>(&mut conn).await
@@ -221,14 +229,7 @@ impl Secured {
         sentinel: bool,
         cmd: &redis::Cmd,
     ) -> redis::RedisResult<T> {
-        let client = self.client(port, sentinel)?;
-        let run = async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            cmd.query_async::<T>(&mut conn).await
-        };
-        tokio::time::timeout(Duration::from_secs(2), run)
-            .await
-            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))))
+        ask_client(&self.client(port, sentinel)?, cmd).await
     }
 }
 
