@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::config::{redact_url, Config};
+use crate::config::{redact_nats_url, redact_url, Config};
 use crate::node::Node;
 
 /// How long shutdown waits for sockets and tasks before giving up on them.
@@ -45,10 +45,12 @@ impl App {
     /// spawned yet.
     pub async fn bind(config: Config) -> anyhow::Result<App> {
         let config = crate::descriptors::fit(config);
-        let node = match &config.redis_url {
-            Some(url) => Node::new(config.clone())
+        let node = match (&config.redis_url, &config.nats_url) {
+            (Some(url), _) => Node::new(config.clone())
                 .with_context(|| format!("redis_url {}", redact_url(url.expose())))?,
-            None => Node::new(config.clone())?,
+            (None, Some(url)) => Node::new(config.clone())
+                .with_context(|| format!("nats_url {}", redact_nats_url(url.expose())))?,
+            (None, None) => Node::new(config.clone())?,
         };
         let ws_listener = bind_listener(&config.ws_bind, config.ws_port)
             .and_then(TcpListener::from_std)

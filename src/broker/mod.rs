@@ -2,14 +2,17 @@
 //! cluster. It carries envelopes between nodes (publish, subscribe), holds
 //! the shared topic registry (get/set/del/scan) and the node roster.
 //!
-//! An enum of backends, not trait objects: today the Go-compatible single
-//! Redis ([`RedisBroker`], the reference implementation); Sentinel, Redis
-//! Cluster and NATS become further variants behind the same methods. The
+//! An enum of backends, not trait objects: the Go-compatible Redis
+//! ([`RedisBroker`], the reference: one server, a Sentinel set or a Redis
+//! Cluster) and NATS ([`NatsBroker`]: core subjects and JetStream
+//! key-value, for skywave-only fleets), behind the same methods. The
 //! broker knows nothing of nodes, sockets or modes; `cluster` drives it and
 //! sets its [`Health`], which `registry` reads.
 
 mod envelope;
 mod link;
+mod meta;
+mod nats;
 mod redis;
 
 use std::time::Duration;
@@ -18,8 +21,9 @@ pub use self::envelope::{
     decode as decode_envelope, encode as encode_envelope, Envelope, EnvelopeError,
 };
 pub use self::link::{install_crypto_provider, key_slot};
+pub use self::nats::{NatsBroker, NatsMessage, NatsSubscription};
 pub use self::redis::{RedisBroker, RedisMessage, RedisSubscription};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::topic::{TopicChange, TopicMeta};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,20 +39,39 @@ pub enum BrokerError {
     /// Redis answered with an error (OOM, READONLY, NOAUTH, …).
     #[error("redis refused the command: {0}")]
     Refused(String),
+    #[error("nats did not answer within {0:?}")]
+    NatsTimeout(Duration),
+    /// No connection to a NATS server (or it lost JetStream, …).
+    #[error("nats unavailable: {0}")]
+    NatsUnavailable(String),
+}
+
+impl BrokerError {
+    /// How long was waited, if the broker did not answer in time.
+    pub fn timed_out(&self) -> Option<Duration> {
+        match self {
+            BrokerError::Timeout(after) | BrokerError::NatsTimeout(after) => Some(*after),
+            _ => None,
+        }
+    }
 }
 
 pub enum Broker {
     Redis(RedisBroker),
+    /// Boxed: the larger of the two, and a node has one broker for life.
+    Nats(Box<NatsBroker>),
 }
 
 /// One subscription to the events channel.
 pub enum Subscription {
     Redis(RedisSubscription),
+    Nats(NatsSubscription),
 }
 
 /// One envelope as it arrived.
 pub enum Message {
     Redis(RedisMessage),
+    Nats(NatsMessage),
 }
 
 /// Whether the subscription is live and verified. Written by the cluster's
@@ -83,27 +106,43 @@ impl Health {
 }
 
 impl Broker {
-    /// The broker for `url`; nothing is connected yet.
-    pub fn new(config: &Config, url: &Secret) -> Result<Broker, BrokerError> {
-        Ok(Broker::Redis(RedisBroker::new(config, url)?))
+    /// The broker `redis_url` or `nats_url` names (`None`: neither is set,
+    /// single-instance mode); nothing is connected yet.
+    pub fn from_config(config: &Config) -> Result<Option<Broker>, BrokerError> {
+        match (&config.redis_url, &config.nats_url) {
+            (Some(url), _) => Ok(Some(Broker::Redis(RedisBroker::new(config, url)?))),
+            (None, Some(url)) => Ok(Some(Broker::Nats(Box::new(NatsBroker::new(config, url)?)))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `redis` or `nats`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Broker::Redis(_) => "redis",
+            Broker::Nats(_) => "nats",
+        }
     }
 
     /// The events channel's name, for logs.
     pub fn channel(&self) -> &str {
         match self {
             Broker::Redis(redis) => redis.channel(),
+            Broker::Nats(nats) => nats.channel(),
         }
     }
 
     pub async fn subscribe(&self) -> Result<Subscription, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.subscribe().await.map(Subscription::Redis),
+            Broker::Nats(nats) => nats.subscribe().await.map(Subscription::Nats),
         }
     }
 
     pub async fn publish(&self, envelopes: &[String]) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(redis) => redis.publish(envelopes).await,
+            Broker::Nats(nats) => nats.publish(envelopes).await,
         }
     }
 
@@ -111,6 +150,7 @@ impl Broker {
     pub async fn subscribers(&self) -> Result<i64, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.subscribers().await,
+            Broker::Nats(nats) => nats.subscribers().await,
         }
     }
 
@@ -118,6 +158,7 @@ impl Broker {
     pub async fn server_id(&self) -> Result<String, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.server_id().await,
+            Broker::Nats(nats) => nats.server_id().await,
         }
     }
 
@@ -128,6 +169,7 @@ impl Broker {
     ) -> Result<Option<(TopicMeta, Option<Duration>)>, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.topic_get(topic).await,
+            Broker::Nats(nats) => nats.topic_get(topic).await,
         }
     }
 
@@ -137,6 +179,7 @@ impl Broker {
     ) -> Result<Vec<(String, TopicMeta, Option<Duration>)>, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.topic_entries().await,
+            Broker::Nats(nats) => nats.topic_entries().await,
         }
     }
 
@@ -148,12 +191,14 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(redis) => redis.topic_set(topic, meta, ttl).await,
+            Broker::Nats(nats) => nats.topic_set(topic, meta, ttl).await,
         }
     }
 
     pub async fn topic_del(&self, topic: &str) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(redis) => redis.topic_del(topic).await,
+            Broker::Nats(nats) => nats.topic_del(topic).await,
         }
     }
 
@@ -164,6 +209,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(redis) => redis.apply(changes, only_missing).await,
+            Broker::Nats(nats) => nats.apply(changes, only_missing).await,
         }
     }
 
@@ -171,6 +217,15 @@ impl Broker {
     pub async fn topics(&self) -> Result<Vec<String>, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.topics().await,
+            Broker::Nats(nats) => nats.topics().await,
+        }
+    }
+
+    /// Live registered topics (Redis: a `SCAN`; NATS: one stream-info request).
+    pub async fn topic_count(&self) -> Result<usize, BrokerError> {
+        match self {
+            Broker::Redis(redis) => Ok(redis.topics().await?.len()),
+            Broker::Nats(nats) => nats.topic_count().await,
         }
     }
 
@@ -178,24 +233,28 @@ impl Broker {
     pub async fn count_connect(&self, client: &str, second: u64) -> Result<u64, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.count_connect(client, second).await,
+            Broker::Nats(nats) => nats.count_connect(client, second).await,
         }
     }
 
     pub async fn roster(&self) -> Result<Vec<(String, String)>, BrokerError> {
         match self {
             Broker::Redis(redis) => redis.roster().await,
+            Broker::Nats(nats) => nats.roster().await,
         }
     }
 
     pub async fn roster_write(&self, id: &str, entry: &str) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(redis) => redis.roster_write(id, entry).await,
+            Broker::Nats(nats) => nats.roster_write(id, entry).await,
         }
     }
 
     pub async fn roster_remove(&self, ids: &[String]) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(redis) => redis.roster_remove(ids).await,
+            Broker::Nats(nats) => nats.roster_remove(ids).await,
         }
     }
 
@@ -204,6 +263,7 @@ impl Broker {
     pub async fn trouble(&self) {
         match self {
             Broker::Redis(redis) => redis.link().trouble().await,
+            Broker::Nats(nats) => nats.trouble().await,
         }
     }
 
@@ -211,6 +271,7 @@ impl Broker {
     pub fn failures(&self) -> u64 {
         match self {
             Broker::Redis(redis) => redis.link().failures(),
+            Broker::Nats(nats) => nats.failures(),
         }
     }
 }
@@ -219,12 +280,14 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
         match self {
             Subscription::Redis(sub) => sub.next().await.map(Message::Redis),
+            Subscription::Nats(sub) => sub.next().await.map(Message::Nats),
         }
     }
 
     pub async fn ping(&mut self) -> Result<(), BrokerError> {
         match self {
             Subscription::Redis(sub) => sub.ping().await,
+            Subscription::Nats(sub) => sub.ping().await,
         }
     }
 }
@@ -233,6 +296,7 @@ impl Message {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Message::Redis(message) => message.bytes(),
+            Message::Nats(message) => message.bytes(),
         }
     }
 }

@@ -35,10 +35,17 @@ pub fn run(discovery: &Discovery, generate_secret: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let redis = match &config.redis_url {
-        Some(url) => format!("{} (joining in the background)", redact_url(url.expose())),
-        None => "none (single-instance mode)".to_string(),
+    let redis = match (&config.redis_url, &config.nats_url) {
+        (Some(url), _) => format!("{} (joining in the background)", redact_url(url.expose())),
+        (None, Some(_)) => "none (the broker is NATS)".to_string(),
+        (None, None) => "none (single-instance mode)".to_string(),
     };
+    let nats = config.nats_url.as_ref().map(|url| {
+        format!(
+            "{} (joining in the background)",
+            skywave::config::redact_nats_url(url.expose())
+        )
+    });
     let config_file = discovery.describe();
     runtime.block_on(async move {
         let app = match skywave::App::bind(config).await {
@@ -55,6 +62,7 @@ pub fn run(discovery: &Discovery, generate_secret: bool) -> ExitCode {
             internal = %app.internal_addr(),
             config = %config_file,
             redis = %redis,
+            nats = nats.as_deref(),
             node_id = %app.node_id(),
             "skywave listening"
         );

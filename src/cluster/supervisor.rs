@@ -51,7 +51,7 @@ impl Cluster {
                         .subscriber_restarts
                         .fetch_add(1, Ordering::Relaxed);
                     self.set_last_error(reason.clone());
-                    tracing::warn!(%reason, "lost the redis subscription: degraded until it is back");
+                    tracing::warn!(%reason, broker = self.broker.kind(), "lost the {} subscription: degraded until it is back", self.broker.kind());
                 }
                 Err(error) => {
                     self.health.set_connected(false);
@@ -61,9 +61,9 @@ impl Cluster {
                     let due = last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY);
                     if changed || due {
                         last_warning = Some(tokio::time::Instant::now());
-                        tracing::warn!(%error, attempts, "redis unavailable: running alone (degraded), retrying in the background");
+                        tracing::warn!(%error, attempts, "{} unavailable: running alone (degraded), retrying in the background", self.broker.kind());
                     } else {
-                        tracing::debug!(%error, attempts, "redis still unavailable");
+                        tracing::debug!(%error, attempts, "{} still unavailable", self.broker.kind());
                     }
                 }
             }
@@ -99,7 +99,7 @@ impl Cluster {
             Ok(written) => tracing::info!(
                 changes = written,
                 restarted,
-                "wrote local registry changes to redis"
+                "wrote local registry changes to the broker"
             ),
             Err(error) => {
                 tracing::warn!(%error, pending = self.registry.pending(), "could not write local registry changes yet; the heartbeat retries")
@@ -135,7 +135,8 @@ impl Cluster {
             }
             match subscription.ping().await {
                 Ok(()) => timeouts = 0,
-                Err(BrokerError::Timeout(after)) if timeouts < PING_TIMEOUTS_TOLERATED => {
+                Err(error) if error.timed_out().is_some() && timeouts < PING_TIMEOUTS_TOLERATED => {
+                    let after = error.timed_out();
                     timeouts += 1;
                     tracing::debug!(?after, "a subscriber ping timed out; trying again");
                     ping.reset_immediately();

@@ -26,8 +26,8 @@ async fn a_panicking_task_is_counted_shown_and_restarted() {
     )
     .expect("config")
     .config;
-    let url = config.redis_url.clone().expect("url");
-    let broker = Arc::new(Broker::new(&config, &url).expect("broker"));
+    let broker = Broker::from_config(&config).expect("broker");
+    let broker = Arc::new(broker.expect("a redis_url"));
     let health = Arc::new(Health::default());
     let hub = Hub::new(4);
     let metrics = Arc::new(crate::metrics::Metrics::default());

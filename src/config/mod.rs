@@ -11,6 +11,7 @@
 mod duration;
 mod load;
 mod log_level;
+mod nats_url;
 mod read;
 mod redis_url;
 mod schema;
@@ -20,8 +21,11 @@ mod validate;
 
 pub use duration::{format_go_duration, format_go_seconds, parse_go_duration, DurationError};
 pub use load::keys;
+pub use nats_url::{redact_nats_url, NatsAuth, NatsTarget};
 pub use redis_url::{normalize_redis_url, redact_url, Credentials, RedisTarget};
-pub use schema::{ClusterPubsub, Config, Limits, LogFormat, RedisSettings, RosterSettings};
+pub use schema::{
+    ClusterPubsub, Config, Limits, LogFormat, NatsSettings, RedisSettings, RosterSettings,
+};
 pub use secret::Secret;
 
 /// Minimum length of `worker_secret`, as the Go worker enforces it.

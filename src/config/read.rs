@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::de::{Deserialize, Deserializer, Error};
 use yaml_serde::Value;
 
+use super::nats_url::NatsTarget;
 use super::redis_url::validate_redis_url;
 use super::{env_name, parse_go_duration, ClusterPubsub, LogFormat, Secret, MIN_SECRET_LEN};
 
@@ -134,6 +135,37 @@ pub fn redis_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Se
     }
     validate_redis_url(&url).map_err(D::Error::custom)?;
     Ok(Some(Secret::new(url)))
+}
+
+/// `nats_url`: empty means NATS is not used.
+pub fn nats_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Secret>, D::Error> {
+    let url = trimmed(deserializer)?;
+    if url.is_empty() {
+        return Ok(None);
+    }
+    NatsTarget::parse(&url).map_err(D::Error::custom)?;
+    Ok(Some(Secret::new(url)))
+}
+
+/// A token of NATS subjects and bucket names: letters, digits, `_` and `-`.
+pub fn nats_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = trimmed(deserializer)?;
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || !name.chars().all(valid) {
+        return Err(D::Error::custom(format!(
+            "{name:?}: must be letters, digits, `_` or `-` (it names NATS subjects and buckets)"
+        )));
+    }
+    Ok(name)
+}
+
+/// Copies of a JetStream stream: 1..=5.
+pub fn replicas<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let n = count(deserializer)?;
+    if !(1..=5).contains(&n) {
+        return Err(D::Error::custom(format!("must be 1..5, got {n}")));
+    }
+    Ok(n)
 }
 
 /// A file name; empty means none. That the file exists is checked with the

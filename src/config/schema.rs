@@ -44,6 +44,9 @@ pub struct Config {
         serialize_with = "show::redis_url"
     )]
     pub redis_url: Option<Secret>,
+    /// NATS servers instead of Redis (a skywave-only fleet); `None` = not used.
+    #[serde(deserialize_with = "read::nats_url", serialize_with = "show::nats_url")]
+    pub nats_url: Option<Secret>,
     #[serde(with = "go_duration")]
     pub topic_ttl: Duration,
     /// A tracing filter: a level (`info`) or directives (`info,skywave=debug`).
@@ -54,6 +57,7 @@ pub struct Config {
     #[serde(deserialize_with = "read::trimmed", serialize_with = "show::host_name")]
     pub node_name: String,
     pub redis: RedisSettings,
+    pub nats: NatsSettings,
     pub limits: Limits,
     pub roster: RosterSettings,
 }
@@ -138,6 +142,63 @@ pub struct RedisSettings {
     pub cluster_pubsub: ClusterPubsub,
 }
 
+/// The NATS broker (`nats_url`): subjects, buckets, credentials, TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct NatsSettings {
+    /// First token of the subjects (`<prefix>.events`) and of the key-value
+    /// buckets (`<prefix>_topics`, `<prefix>_nodes`, `<prefix>_connects`).
+    #[serde(deserialize_with = "read::nats_name")]
+    pub prefix: String,
+    #[serde(with = "go_duration")]
+    pub connect_timeout: Duration,
+    /// Upper bound of one NATS request (a key-value read or write, the
+    /// acknowledgement of a publish).
+    #[serde(with = "go_duration")]
+    pub command_timeout: Duration,
+    /// Token authentication (or put it in the URL: `nats://token@host`).
+    #[serde(
+        deserialize_with = "read::optional_secret",
+        serialize_with = "show::length_or_none"
+    )]
+    pub token: Secret,
+    /// A `.creds` file (user JWT and NKey seed), as `nsc` writes them.
+    #[serde(deserialize_with = "read::path", serialize_with = "show::path")]
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an NKey user seed (`SU…`).
+    #[serde(deserialize_with = "read::path", serialize_with = "show::path")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// PEM CA(s) of the servers' certificates, instead of the system's roots.
+    #[serde(deserialize_with = "read::path", serialize_with = "show::system_roots")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients.
+    #[serde(deserialize_with = "read::path", serialize_with = "show::path")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "read::path", serialize_with = "show::path")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Copies of each key-value bucket in a NATS cluster (1..5; 3 for a
+    /// three-server cluster, so the registry survives a server).
+    #[serde(deserialize_with = "read::replicas")]
+    pub kv_replicas: usize,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            prefix: "wavelog".to_string(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(1),
+            token: Secret::new(""),
+            creds_file: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            kv_replicas: 1,
+        }
+    }
+}
+
 /// How events cross a Redis Cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,11 +258,13 @@ impl Config {
             internal_port: 9001,
             worker_secret: Secret::new(""),
             redis_url: None,
+            nats_url: None,
             topic_ttl: Duration::from_secs(86_400),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             node_name: String::new(),
             redis: RedisSettings::default(),
+            nats: NatsSettings::default(),
             limits: Limits::default(),
             roster: RosterSettings::default(),
         }

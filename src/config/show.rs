@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serializer;
 use yaml_serde::Value;
 
+use super::nats_url::redact_nats_url;
 use super::redis_url::redact_url;
 use super::{format_go_duration, Secret};
 
@@ -35,6 +36,13 @@ pub fn redis_url<S: Serializer>(url: &Option<Secret>, serializer: S) -> Result<S
     match url {
         Some(url) => serializer.serialize_str(&redact_url(url.expose())),
         None => serializer.serialize_str("(none: single-instance mode)"),
+    }
+}
+
+pub fn nats_url<S: Serializer>(url: &Option<Secret>, serializer: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serializer.serialize_str(&redact_nats_url(url.expose())),
+        None => serializer.serialize_str("(none)"),
     }
 }
 

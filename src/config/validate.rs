@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use super::log_level::log_filter;
-use super::{key_error, Config, ConfigError, RedisSettings, RedisTarget};
+use super::{
+    key_error, Config, ConfigError, NatsAuth, NatsSettings, NatsTarget, RedisSettings, RedisTarget,
+};
 
 /// Checks `config` and settles `log_level` to a filter tracing accepts;
 /// what the operator should hear about but need not fix goes to `warnings`.
@@ -37,6 +39,7 @@ pub(super) fn validate(config: &mut Config, warnings: &mut Vec<String>) -> Resul
             ));
         }
     }
+    check_nats(config)?;
     let roster = &config.roster;
     if roster.alive_window < roster.heartbeat * 2 {
         return Err(key_error(
@@ -74,6 +77,84 @@ fn check_tls_files(redis: &RedisSettings, tls_url: bool) -> Result<(), ConfigErr
         ("redis.tls_cert_file", &redis.tls_cert_file),
         ("redis.tls_key_file", &redis.tls_key_file),
     ];
+    files_exist(&files)?;
+    for (key, file) in files {
+        if file.is_some() && !tls_url {
+            return Err(key_error(
+                key,
+                "is set, but redis_url is not a TLS URL (rediss://, rediss+sentinel:// or \
+                 rediss+cluster://)",
+            ));
+        }
+    }
+    certificate_with_key("redis", &redis.tls_cert_file, &redis.tls_key_file)
+}
+
+/// `nats_url` alone (not with `redis_url`), and the `nats:` keys that need
+/// it: credentials of one kind, files that exist, a certificate with its key.
+fn check_nats(config: &Config) -> Result<(), ConfigError> {
+    let nats = &config.nats;
+    let defaults = NatsSettings::default();
+    let Some(url) = &config.nats_url else {
+        let set = [
+            ("nats.token", !nats.token.expose().is_empty()),
+            ("nats.creds_file", nats.creds_file.is_some()),
+            ("nats.nkey_seed_file", nats.nkey_seed_file.is_some()),
+            ("nats.tls_ca_file", nats.tls_ca_file.is_some()),
+            ("nats.tls_cert_file", nats.tls_cert_file.is_some()),
+            ("nats.tls_key_file", nats.tls_key_file.is_some()),
+            ("nats.kv_replicas", nats.kv_replicas != defaults.kv_replicas),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(key_error(key, "is set, but nats_url is not"));
+        }
+        return Ok(());
+    };
+    if config.redis_url.is_some() {
+        return Err(key_error(
+            "nats_url",
+            "is set together with redis_url: a node uses one broker, Redis or NATS; \
+             remove one of the two",
+        ));
+    }
+    let target = NatsTarget::parse(url.expose()).map_err(|e| key_error("nats_url", e))?;
+    let mut kinds = Vec::new();
+    if target.auth != NatsAuth::None {
+        kinds.push("credentials in nats_url");
+    }
+    if !nats.token.expose().is_empty() {
+        kinds.push("nats.token");
+    }
+    if nats.creds_file.is_some() {
+        kinds.push("nats.creds_file");
+    }
+    if nats.nkey_seed_file.is_some() {
+        kinds.push("nats.nkey_seed_file");
+    }
+    if let [first, second, ..] = kinds[..] {
+        let key = if second.starts_with("nats.") {
+            second
+        } else {
+            first
+        };
+        return Err(key_error(
+            key,
+            format!("{first} and {second} are both given: use one way to authenticate"),
+        ));
+    }
+    let files: [(&str, &Option<PathBuf>); 5] = [
+        ("nats.creds_file", &nats.creds_file),
+        ("nats.nkey_seed_file", &nats.nkey_seed_file),
+        ("nats.tls_ca_file", &nats.tls_ca_file),
+        ("nats.tls_cert_file", &nats.tls_cert_file),
+        ("nats.tls_key_file", &nats.tls_key_file),
+    ];
+    files_exist(&files)?;
+    certificate_with_key("nats", &nats.tls_cert_file, &nats.tls_key_file)
+}
+
+/// Every file given can be read.
+fn files_exist(files: &[(&str, &Option<PathBuf>)]) -> Result<(), ConfigError> {
     for (key, file) in files {
         if let Some(file) = file {
             std::fs::metadata(file).map_err(|error| {
@@ -84,23 +165,23 @@ fn check_tls_files(redis: &RedisSettings, tls_url: bool) -> Result<(), ConfigErr
             })?;
         }
     }
-    for (key, file) in files {
-        if file.is_some() && !tls_url {
-            return Err(key_error(
-                key,
-                "is set, but redis_url is not a TLS URL (rediss://, rediss+sentinel:// or \
-                 rediss+cluster://)",
-            ));
-        }
-    }
-    match (&redis.tls_cert_file, &redis.tls_key_file) {
+    Ok(())
+}
+
+/// `<section>.tls_cert_file` and `<section>.tls_key_file` come together.
+fn certificate_with_key(
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    match (cert, key) {
         (Some(_), None) => Err(key_error(
-            "redis.tls_key_file",
-            "missing: redis.tls_cert_file needs its private key",
+            &format!("{section}.tls_key_file"),
+            format!("missing: {section}.tls_cert_file needs its private key"),
         )),
         (None, Some(_)) => Err(key_error(
-            "redis.tls_cert_file",
-            "missing: redis.tls_key_file needs its certificate",
+            &format!("{section}.tls_cert_file"),
+            format!("missing: {section}.tls_key_file needs its certificate"),
         )),
         _ => Ok(()),
     }

@@ -76,13 +76,8 @@ impl Node {
             shutdown.clone(),
             SHUTDOWN_DRAIN,
         );
-        let shared = match &config.redis_url {
-            Some(url) => Some((
-                Arc::new(Broker::new(&config, url)?),
-                Arc::new(Health::default()),
-            )),
-            None => None,
-        };
+        let shared = Broker::from_config(&config)?
+            .map(|broker| (Arc::new(broker), Arc::new(Health::default())));
         let registry = Registry::new(config.topic_ttl, shared.clone());
         let cluster = shared.map(|(broker, health)| {
             Cluster::new(Parts {

@@ -27,7 +27,7 @@ impl CountCache {
             }
         }
         let started = Instant::now();
-        let count = broker.topics().await?.len();
+        let count = broker.topic_count().await?;
         *last = Some((started, count));
         self.value.store(count, Ordering::Relaxed);
         self.known.store(true, Ordering::Relaxed);

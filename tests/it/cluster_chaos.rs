@@ -14,7 +14,7 @@ async fn cluster_node(redis: &RedisServer) -> TestNode {
 
 /// Every frame until a quiet half second: the push sequence numbers, and
 /// how many `resync` notices came with them.
-async fn drain(socket: &mut crate::support::Ws) -> (Vec<u64>, usize) {
+pub(crate) async fn drain(socket: &mut crate::support::Ws) -> (Vec<u64>, usize) {
     let (mut seqs, mut resyncs) = (Vec::new(), 0);
     while let Some(frame) = socket.recv_json(Duration::from_millis(500)).await {
         match frame["type"].as_str() {

@@ -10,6 +10,7 @@ mod failures;
 mod fleet;
 mod health;
 mod layers;
+mod nats_broker;
 mod operator_paths;
 mod props;
 mod redis_ha;

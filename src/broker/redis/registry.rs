@@ -7,14 +7,9 @@ use std::time::Duration;
 
 use super::RedisBroker;
 use crate::broker::link::Target;
+use crate::broker::meta::{decode_meta, encode_meta};
 use crate::broker::BrokerError;
 use crate::topic::{TopicChange, TopicMeta};
-
-#[derive(serde::Deserialize)]
-struct StoredMeta {
-    #[serde(default)]
-    require_token: bool,
-}
 
 /// Keys `SCAN` is asked for per round trip.
 const SCAN_COUNT: usize = 1000;
@@ -256,23 +251,6 @@ fn remaining(pttl: i64) -> Option<Duration> {
 /// `EX` takes whole seconds: round up, so a key never expires early.
 fn whole_seconds(ttl: Duration) -> u64 {
     ttl.as_millis().div_ceil(1000).max(1) as u64
-}
-
-fn encode_meta(meta: TopicMeta) -> String {
-    format!("{{\"require_token\":{}}}", meta.require_token)
-}
-
-/// A value another node wrote. Unreadable values count as private topics:
-/// refusing a token-less socket is the safe side.
-fn decode_meta(raw: &[u8]) -> TopicMeta {
-    match serde_json::from_slice::<StoredMeta>(raw) {
-        Ok(stored) => TopicMeta {
-            require_token: stored.require_token,
-        },
-        Err(_) => TopicMeta {
-            require_token: true,
-        },
-    }
 }
 
 /// Escapes glob metacharacters of a key prefix for `SCAN MATCH`.

@@ -4,6 +4,7 @@
 
 mod go_files;
 mod keys;
+mod nats;
 
 use std::path::Path;
 use std::time::Duration;

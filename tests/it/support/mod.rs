@@ -3,12 +3,14 @@
 //! WebSocket clients (tokio-tungstenite) and a small HTTP client.
 
 mod answer;
+mod nats;
 mod process;
 mod raw;
 mod redis_ha;
 mod redis_server;
 
 pub use self::answer::{parse_answer, request, Answer};
+pub use self::nats::{NatsCluster, NatsServer};
 pub use self::process::{tempdir, wait_port, BinaryNode, Process};
 pub use self::raw::{publish_pipelined, StuckSocket};
 pub use self::redis_ha::{ask, eventually, RedisCluster, Secured, SentinelSet};

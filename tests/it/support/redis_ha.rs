@@ -17,7 +17,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(program: &'static str, port: u16, args: Vec<String>) -> Proc {
+    pub fn new(program: &'static str, port: u16, args: Vec<String>) -> Proc {
         let mut proc = Proc {
             port,
             program,

@@ -1,0 +1,406 @@
+//! The NATS broker against real `nats-server`s with JetStream (Debian's
+//! package): fan-out across nodes, the key-value registry (TTL, unregister,
+//! counts) and roster, a server killed under a publish stream (with and
+//! without its store), a three-server cluster losing the server a node is
+//! on, and the real binary with a password-protected server.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::cluster_chaos::drain;
+use crate::support::{
+    eventually, tempdir, BinaryNode, NatsCluster, NatsServer, NodeClient, TestNode,
+};
+
+async fn nats_node(url: &str, extra: &str) -> TestNode {
+    TestNode::start(&format!("nats_url: \"{url}\"\n{extra}")).await
+}
+
+async fn wait_cluster(node: &NodeClient, nodes: i64, within: Duration) -> Value {
+    node.wait_status(within, "joins the NATS cluster", |s| {
+        s["mode"] == "cluster" && s["cluster_nodes"] == nodes
+    })
+    .await
+}
+
+/// The topics in the registry bucket, read with a NATS client of its own.
+async fn bucket_keys(url: &str, bucket: &str) -> Result<Vec<String>, String> {
+    let run = async {
+        let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+        let jetstream = async_nats::jetstream::new(client);
+        let store = jetstream
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut keys: Vec<String> = store
+            .keys()
+            .await
+            .map_err(|e| e.to_string())?
+            .filter_map(|key| async move { key.ok() })
+            .collect()
+            .await;
+        keys.sort();
+        Ok(keys)
+    };
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap_or(Err("timed out".to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_nats_server_fan_out_in_order_with_registry_and_roster() {
+    let nats = NatsServer::start(&tempdir("nats-two-nodes"));
+    let a = nats_node(&nats.url(), "topic_ttl: 1h\nnode_name: nats-a").await;
+    let b = nats_node(&nats.url(), "topic_ttl: 1h\nnode_name: nats-b").await;
+    wait_cluster(&a, 2, Duration::from_secs(15)).await;
+    let status = wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes roster")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"nats-a") && names.contains(&"nats-b"),
+        "roster {names:?}"
+    );
+
+    // Registered on A, a socket on B, published on A: B gets all, in order.
+    a.register("qso:contest.7", true).await;
+    let mut on_b = b.socket("qso:contest.7", 1).await;
+    let mut on_a = a.socket("qso:contest.7", 2).await;
+    for seq in 0..50 {
+        assert_eq!(a.publish("qso:contest.7", &json!({"seq": seq})).await, 200);
+    }
+    for seq in 0..50 {
+        on_b.expect_push(&json!({"seq": seq}), "cross-node, in order")
+            .await;
+        on_a.expect_push(&json!({"seq": seq}), "local, in order")
+            .await;
+    }
+    on_b.expect_silence(Duration::from_millis(300), "each publish once")
+        .await;
+    // The key is escaped for the bucket, and read back as the topic.
+    let keys = bucket_keys(&nats.url(), "wavelog_topics").await.unwrap();
+    assert!(keys.contains(&"qso=3Acontest=2E7".to_string()), "{keys:?}");
+    let status = b.status("?topics=1").await;
+    assert!(
+        status["topic_list"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("qso:contest.7")),
+        "{status}"
+    );
+    let registered = status["registered_topics"].as_u64().unwrap();
+
+    // Unregister on A: B refuses publishes to it soon after, and the count
+    // (the bucket's message count) goes down by one.
+    a.unregister("qso:contest.7").await;
+    eventually(
+        Duration::from_secs(3),
+        Duration::from_millis(50),
+        "B sees the unregister",
+        || async {
+            match b.publish("qso:contest.7", &json!("late")).await {
+                404 => Ok(()),
+                code => Err(format!("publish answered {code}")),
+            }
+        },
+    )
+    .await;
+    let status = b.status("").await;
+    assert_eq!(
+        status["registered_topics"].as_u64().unwrap(),
+        registered - 1,
+        "{status}"
+    );
+
+    // A node that leaves is gone from the roster and the count.
+    a.stop().await;
+    wait_cluster(&b, 1, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_expire_with_the_topic_ttl_and_a_reregister_refreshes() {
+    let nats = NatsServer::start(&tempdir("nats-ttl"));
+    let a = nats_node(&nats.url(), "topic_ttl: 3s").await;
+    let b = nats_node(&nats.url(), "topic_ttl: 3s").await;
+    wait_cluster(&a, 2, Duration::from_secs(15)).await;
+    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.register("short", false).await;
+    a.register("kept", false).await;
+    assert_eq!(b.publish("short", &json!(1)).await, 200);
+    let started = Instant::now();
+    // "kept" is registered again every second; "short" is left to expire.
+    let mut expired_after = None;
+    while started.elapsed() < Duration::from_secs(8) {
+        a.register("kept", false).await;
+        if expired_after.is_none() && b.publish("short", &json!(2)).await == 404 {
+            expired_after = Some(started.elapsed());
+        }
+        assert_eq!(b.publish("kept", &json!(3)).await, 200, "re-registered");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let expired_after = expired_after.expect("the unrefreshed topic expired");
+    eprintln!("a 3 s topic expired after {expired_after:?} on the other node");
+    assert!(expired_after >= Duration::from_secs(2), "{expired_after:?}");
+    let keys = bucket_keys(&nats.url(), "wavelog_topics").await.unwrap();
+    assert!(
+        keys.contains(&"kept".to_string()) && !keys.contains(&"short".to_string()),
+        "{keys:?}"
+    );
+}
+
+/// Kill -9 the server for 5 s under 20 publishes/s on A, then start it again
+/// (with its store or a fresh one).
+async fn chaos(keep_store: bool) {
+    let mut nats = NatsServer::start(&tempdir("nats-chaos"));
+    let a = nats_node(&nats.url(), "topic_ttl: 1h").await;
+    let b = nats_node(&nats.url(), "topic_ttl: 1h").await;
+    wait_cluster(&a, 2, Duration::from_secs(15)).await;
+    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.register("stream", true).await;
+    let mut on_a = a.socket("stream", 1).await;
+    let mut on_b = b.socket("stream", 2).await;
+
+    let (mut sent, mut killed_at, mut restarted_at) = (0u64, None, None);
+    let mut outage_registered = false;
+    let mut restart_time = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if killed_at.is_none() && started.elapsed() >= Duration::from_secs(1) {
+            nats.kill9();
+            killed_at = Some(sent);
+        }
+        if restarted_at.is_none() && started.elapsed() >= Duration::from_secs(6) {
+            nats.restart(keep_store);
+            restarted_at = Some(sent);
+            restart_time = Some(Instant::now());
+        }
+        if killed_at.is_some() && restarted_at.is_none() && !outage_registered {
+            a.register("during-outage", false).await;
+            outage_registered = true;
+        }
+        let code = a.publish("stream", &json!({"seq": sent})).await;
+        assert_eq!(code, 200, "publish {sent} answered {code}");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (local, local_resyncs) = drain(&mut on_a).await;
+    assert_eq!(local, (0..sent).collect::<Vec<_>>(), "node A's own socket");
+    assert_eq!(local_resyncs, 1, "one resync notice on A after its rejoin");
+    let (remote, remote_resyncs) = drain(&mut on_b).await;
+    assert_eq!(
+        remote_resyncs, 1,
+        "B's socket is told it may have missed events"
+    );
+    assert_eq!(remote.last().copied(), Some(sent - 1), "B got {remote:?}");
+    assert!(
+        remote.windows(2).all(|w| w[0] < w[1]),
+        "in order: {remote:?}"
+    );
+    let (killed, restarted) = (killed_at.unwrap(), restarted_at.unwrap());
+    let resumed = remote.iter().copied().find(|seq| *seq >= killed).unwrap();
+    eprintln!(
+        "nats chaos (keep_store {keep_store}): B missed {} of {sent} publishes (50 ms apart); \
+         down from #{killed} to #{restarted}, cross-node again from #{resumed}; \
+         rejoined {:?} after the restart",
+        sent - remote.len() as u64,
+        restart_time.map(|t| t.elapsed()),
+    );
+    assert!(
+        resumed <= restarted + 100,
+        "cross-node back within 5 s of the restart"
+    );
+    a.wait_status(Duration::from_secs(5), "rejoined", |s| {
+        s["mode"] == "cluster"
+    })
+    .await;
+    // The registration made while NATS was away is in the bucket; without
+    // a store, so is everything registered before (written back).
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        "registrations restored",
+        || async {
+            let keys = bucket_keys(&nats.url(), "wavelog_topics").await?;
+            if keys.contains(&"during-outage".to_string()) && keys.contains(&"stream".to_string()) {
+                Ok(())
+            } else {
+                Err(format!("{keys:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(b.publish("during-outage", &json!(1)).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_under_publish_load_and_restarted_with_its_store() {
+    chaos(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_under_publish_load_and_restarted_without_its_store() {
+    chaos(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_server_nats_cluster_loses_the_server_a_node_is_on() {
+    let mut cluster = NatsCluster::start(&tempdir("nats-cluster")).await;
+    let extra = |name: &str| format!("topic_ttl: 1h\nnode_name: {name}\nnats:\n  kv_replicas: 3");
+    let a = nats_node(&cluster.url(), &extra("nats-a")).await;
+    let b = nats_node(&cluster.url(), &extra("nats-b")).await;
+    wait_cluster(&a, 2, Duration::from_secs(20)).await;
+    wait_cluster(&b, 2, Duration::from_secs(20)).await;
+    a.register("moving", true).await;
+    let mut on_b = b.socket("moving", 1).await;
+    assert_eq!(a.publish("moving", &json!({"seq": 0})).await, 200);
+    on_b.expect_push(&json!({"seq": 0}), "cross-node on the cluster")
+        .await;
+
+    let mut on = None;
+    for (i, server) in cluster.servers.iter().enumerate() {
+        if server.clients().await.iter().any(|c| c == "skywave nats-a") {
+            on = Some(i);
+        }
+    }
+    let on = on.expect("A is connected to one of the servers");
+    cluster.servers[on].kill9();
+    let killed = Instant::now();
+    // Both nodes are in cluster mode again (the one on the killed server
+    // moved; JetStream elects new leaders for the buckets meanwhile).
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "both nodes in cluster mode after the kill",
+        || async {
+            let (sa, sb) = (a.status("").await, b.status("").await);
+            let moved = a
+                .node
+                .snapshot()
+                .cluster
+                .map_or(0, |c| c.subscriber_restarts)
+                > 0;
+            if moved && sa["mode"] == "cluster" && sb["mode"] == "cluster" {
+                Ok(())
+            } else {
+                Err(format!("A {sa} B {sb}"))
+            }
+        },
+    )
+    .await;
+    let rejoined = killed.elapsed();
+    let mut now_on = None;
+    for (i, server) in cluster.servers.iter().enumerate() {
+        if i != on && server.clients().await.iter().any(|c| c == "skywave nats-a") {
+            now_on = Some(i);
+        }
+    }
+    assert!(now_on.is_some(), "A moved to another server");
+    // Cross-node delivery is back within 5 s, then every publish arrives.
+    let mut seq = 1;
+    let back = 'back: loop {
+        assert_eq!(a.publish("moving", &json!({"seq": seq})).await, 200);
+        while let Some(frame) = on_b.recv_json(Duration::from_millis(200)).await {
+            if frame["type"] == "push" {
+                break 'back killed.elapsed();
+            }
+        }
+        if killed.elapsed() > rejoined + Duration::from_secs(5) {
+            panic!(
+                "cross-node back within 5 s: A {} B {}",
+                a.status("").await,
+                b.status("").await
+            );
+        }
+        seq += 1;
+    };
+    eprintln!(
+        "nats cluster: server {on} killed; both nodes in cluster mode after {rejoined:?}, \
+         cross-node back after {back:?}"
+    );
+    for next in seq + 1..seq + 21 {
+        assert_eq!(a.publish("moving", &json!({"seq": next})).await, 200);
+    }
+    let mut got = Vec::new();
+    while let Some(frame) = on_b.recv_json(Duration::from_millis(500)).await {
+        if frame["type"] == "push" {
+            got.push(frame["payload"]["seq"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        got.ends_with(&(seq + 1..seq + 21).collect::<Vec<_>>()),
+        "{got:?}"
+    );
+    // The registry (three copies) kept the topic.
+    let alive = cluster
+        .servers
+        .iter()
+        .find(|s| s.proc.running())
+        .unwrap()
+        .url();
+    let keys = bucket_keys(&alive, "wavelog_topics").await.unwrap();
+    assert!(keys.contains(&"moving".to_string()), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_on_a_password_protected_nats_from_its_config_file() {
+    let dir = tempdir("nats-binary");
+    let port = crate::support::free_port();
+    let _server = crate::support::Process::spawn(
+        {
+            let mut command = std::process::Command::new("nats-server");
+            command.args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-js",
+                "-sd",
+                &dir.join("store").display().to_string(),
+                "--user",
+                "skywave",
+                "--pass",
+                "s3cr3t-pw",
+            ]);
+            command
+        },
+        &dir,
+        "nats-server",
+    );
+    crate::support::wait_port(port).await;
+    let extra = format!("nats_url: \"nats://skywave:s3cr3t-pw@127.0.0.1:{port}\"\nlog_level: info");
+    let a = BinaryNode::start(&dir, "a", &extra).await;
+    let b = BinaryNode::start(&dir, "b", &extra).await;
+    wait_cluster(&a.client, 2, Duration::from_secs(15)).await;
+    wait_cluster(&b.client, 2, Duration::from_secs(15)).await;
+    a.client.register("binary", true).await;
+    let mut socket = b.client.socket("binary", 9).await;
+    assert_eq!(a.client.publish("binary", &json!({"seq": 1})).await, 200);
+    socket
+        .expect_push(&json!({"seq": 1}), "cross-node through the binary")
+        .await;
+    let log = a.process.output();
+    assert!(log.contains("nats://skywave:***@127.0.0.1"), "{log}");
+    assert!(
+        !log.contains("s3cr3t-pw"),
+        "the password is never logged: {log}"
+    );
+
+    // A wrong password: the node runs alone and says why.
+    let wrong = format!("nats_url: \"nats://skywave:wrong@127.0.0.1:{port}\"");
+    let c = BinaryNode::start(&dir, "c", &wrong).await;
+    let status = c
+        .client
+        .wait_status(Duration::from_secs(10), "degraded with a reason", |s| {
+            s["mode"] == "degraded"
+                && s["redis_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("nats"))
+        })
+        .await;
+    eprintln!("wrong password: {}", status["redis_error"]);
+}
