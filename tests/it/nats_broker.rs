@@ -168,6 +168,7 @@ async fn chaos(keep_store: bool) {
     let (mut sent, mut killed_at, mut restarted_at) = (0u64, None, None);
     let mut outage_registered = false;
     let mut restart_time = None;
+    let mut sent_at = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if killed_at.is_none() && started.elapsed() >= Duration::from_secs(1) {
@@ -183,6 +184,7 @@ async fn chaos(keep_store: bool) {
             a.register("during-outage", false).await;
             outage_registered = true;
         }
+        sent_at.push(Instant::now());
         let code = a.publish("stream", &json!({"seq": sent})).await;
         assert_eq!(code, 200, "publish {sent} answered {code}");
         sent += 1;
@@ -203,15 +205,21 @@ async fn chaos(keep_store: bool) {
     );
     let (killed, restarted) = (killed_at.unwrap(), restarted_at.unwrap());
     let resumed = remote.iter().copied().find(|seq| *seq >= killed).unwrap();
+    // The first publish made after the restart that reached B, and when.
+    let first_after = remote
+        .iter()
+        .copied()
+        .find(|seq| *seq >= restarted)
+        .unwrap();
+    let back = sent_at[first_after as usize].saturating_duration_since(restart_time.unwrap());
     eprintln!(
         "nats chaos (keep_store {keep_store}): B missed {} of {sent} publishes (50 ms apart); \
-         down from #{killed} to #{restarted}, cross-node again from #{resumed}; \
-         rejoined {:?} after the restart",
+         down from #{killed} to #{restarted}, B's first after the kill #{resumed}, \
+         its first made after the restart #{first_after}, published {back:?} after it",
         sent - remote.len() as u64,
-        restart_time.map(|t| t.elapsed()),
     );
     assert!(
-        resumed <= restarted + 100,
+        back <= Duration::from_secs(5),
         "cross-node back within 5 s of the restart"
     );
     a.wait_status(Duration::from_secs(5), "rejoined", |s| {
@@ -342,8 +350,38 @@ async fn a_three_server_nats_cluster_loses_the_server_a_node_is_on() {
         .find(|s| s.proc.running())
         .unwrap()
         .url();
-    let keys = bucket_keys(&alive, "wavelog_topics").await.unwrap();
-    assert!(keys.contains(&"moving".to_string()), "{keys:?}");
+    // JetStream elects a new leader for each bucket whose leader went
+    // (NATS 2.9: seconds; up to ~20 s seen on a loaded 2-core machine).
+    eventually(
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+        "the registry kept the topic",
+        || async {
+            let keys = bucket_keys(&alive, "wavelog_topics").await?;
+            match keys.contains(&"moving".to_string()) {
+                true => Ok(()),
+                false => Err(format!("{keys:?}")),
+            }
+        },
+    )
+    .await;
+    let registry_back = killed.elapsed();
+    eprintln!("nats cluster: the registry bucket answered again {registry_back:?} after the kill");
+    // A registration made now is taken (once JetStream answers), and the
+    // other node sees it.
+    a.register("after-move", false).await;
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "a registration after the move reaches the other node",
+        || async {
+            match b.publish("after-move", &json!(1)).await {
+                200 => Ok(()),
+                code => Err(format!("publish answered {code}")),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,9 +22,9 @@ mod registry;
 mod subscription;
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use async_nats::{Client, ConnectOptions, Event};
@@ -66,7 +66,16 @@ pub struct NatsBroker {
     link: Arc<watch::Sender<Link>>,
     buckets: RwLock<Option<Arc<Buckets>>>,
     failures: AtomicU64,
+    /// The live nodes last counted (0: never).
+    last_alive: AtomicI64,
+    /// Until when JetStream requests fail at once, after one timed out.
+    paused_until: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long JetStream requests fail fast after one timed out (during a
+/// leader election they would each wait the whole command timeout, and a
+/// join or a burst of lookups would queue behind them); then one tries.
+const JETSTREAM_PAUSE: Duration = Duration::from_secs(1);
 
 impl NatsBroker {
     pub fn new(config: &Config, url: &Secret) -> Result<Self, BrokerError> {
@@ -86,6 +95,8 @@ impl NatsBroker {
             link: Arc::new(watch::Sender::new(Link::default())),
             buckets: RwLock::new(None),
             failures: AtomicU64::new(0),
+            last_alive: AtomicI64::new(0),
+            paused_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -130,15 +141,7 @@ impl NatsBroker {
             .connection_timeout(settings.connect_timeout)
             .request_timeout(Some(settings.command_timeout))
             .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                // 0 ms, then 100 ms doubling to 1 s, like the supervisor.
-                let exponent = attempts.saturating_sub(1).min(4) as u32;
-                match attempts {
-                    0 => Duration::ZERO,
-                    _ => (Duration::from_millis(100) * 2u32.pow(exponent))
-                        .min(Duration::from_secs(1)),
-                }
-            })
+            .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
                 let link = Arc::clone(&link);
                 async move { note_event(&link, event) }
@@ -206,7 +209,10 @@ impl NatsBroker {
         let result = match tokio::time::timeout(timeout, future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(BrokerError::NatsUnavailable(error.to_string())),
-            Err(_) => Err(BrokerError::NatsTimeout(timeout)),
+            Err(_) => {
+                self.pause_jetstream();
+                Err(BrokerError::NatsTimeout(timeout))
+            }
         };
         if result.is_err() {
             self.note_failure();
@@ -214,10 +220,34 @@ impl NatsBroker {
         result
     }
 
+    fn pause_jetstream(&self) {
+        if let Ok(mut until) = self.paused_until.lock() {
+            *until = Some(Instant::now() + JETSTREAM_PAUSE);
+        }
+    }
+
+    /// Fails at once while JetStream requests are paused.
+    fn check_jetstream(&self) -> Result<(), BrokerError> {
+        let paused = self
+            .paused_until
+            .lock()
+            .ok()
+            .and_then(|until| *until)
+            .is_some_and(|until| Instant::now() < until);
+        if paused {
+            self.note_failure();
+            return Err(BrokerError::NatsUnavailable(
+                "JetStream did not answer a moment ago (trying again shortly)".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates the buckets, or updates them to this node's settings (the
     /// topic TTL is the topics bucket's max age): at every join, so a
     /// server that lost its store gets them back.
     async fn ensure_buckets(&self, client: &Client) -> Result<Arc<Buckets>, BrokerError> {
+        self.check_jetstream()?;
         let jetstream = async_nats::jetstream::new(client.clone());
         let topics = self.bucket(&jetstream, "topics", self.topic_ttl).await?;
         let nodes = self.bucket(&jetstream, "nodes", self.prune_after).await?;
@@ -278,9 +308,14 @@ impl NatsBroker {
         self.within(jetstream.get_key_value(bucket)).await
     }
 
+    fn has_buckets(&self) -> bool {
+        self.buckets.read().is_ok_and(|slot| slot.is_some())
+    }
+
     /// The buckets of the last join, on a connected client.
     async fn buckets(&self) -> Result<Arc<Buckets>, BrokerError> {
         self.client().await?;
+        self.check_jetstream()?;
         let known = self.buckets.read().ok().and_then(|slot| slot.clone());
         known.ok_or_else(|| {
             self.note_failure();
@@ -328,21 +363,49 @@ impl NatsBroker {
     /// The live nodes: roster entries written within the alive window, and
     /// at least this node, whose subscription is verified when this is
     /// asked (NATS has no count of a subject's subscribers for clients).
+    ///
+    /// While JetStream does not answer (a leader election after a server of
+    /// a cluster went), the count last read, if there is one.
     pub async fn subscribers(&self) -> Result<i64, BrokerError> {
-        let buckets = self.buckets().await?;
-        let entries = self.entries(&buckets.nodes).await?;
+        let read = async {
+            let buckets = self.buckets().await?;
+            self.entries(&buckets.nodes).await
+        };
+        // One request's time at most: this is asked while joining.
+        let timeout = self.settings.command_timeout;
+        let read = tokio::time::timeout(timeout, read);
+        let read = read.await.unwrap_or_else(|_| {
+            self.pause_jetstream();
+            Err(BrokerError::NatsTimeout(timeout))
+        });
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(error) => {
+                return match self.last_alive.load(Ordering::Relaxed) {
+                    0 => Err(error),
+                    last => Ok(last),
+                }
+            }
+        };
         let now = time::OffsetDateTime::now_utc();
         let alive = entries
             .iter()
             .filter(|entry| now - entry.created < self.alive_window)
             .count();
-        Ok(alive.max(1) as i64)
+        let alive = alive.max(1) as i64;
+        self.last_alive.store(alive, Ordering::Relaxed);
+        Ok(alive)
     }
 
     /// Changes when the server lost its JetStream store (the topics bucket
     /// was created afresh), so the supervisor writes everything back.
+    /// While JetStream does not answer, the buckets of the last join say.
     pub async fn server_id(&self) -> Result<String, BrokerError> {
-        Ok(self.buckets().await?.created.clone())
+        self.client().await?;
+        let known = self.buckets.read().ok().and_then(|slot| slot.clone());
+        known
+            .map(|buckets| buckets.created.clone())
+            .ok_or_else(|| BrokerError::NatsUnavailable("the buckets are not open yet".to_string()))
     }
 
     /// Counts one connect of `client` in `second` across the cluster: a
@@ -424,6 +487,19 @@ impl NatsBroker {
 const CONNECT_WINDOW: Duration = Duration::from_secs(2);
 /// Tries of the connect count's compare-and-set before giving up.
 const CAS_ATTEMPTS: usize = 8;
+
+/// The wait before reconnect attempt `attempts` (counted over all servers,
+/// so the first try of the next server is immediate): 0, 0, then 50 ms
+/// doubling to 1 s, like the supervisor's backoff.
+fn reconnect_delay(attempts: usize) -> Duration {
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => {
+            let exponent = (n - 2).min(5) as u32;
+            (Duration::from_millis(50) * 2u32.pow(exponent)).min(Duration::from_secs(1))
+        }
+    }
+}
 
 fn parse_count(value: &[u8]) -> u64 {
     std::str::from_utf8(value)

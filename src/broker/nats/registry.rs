@@ -119,6 +119,7 @@ impl NatsBroker {
                         }
                         Err(_) => {
                             self.note_failure();
+                            self.pause_jetstream();
                             return Err(BrokerError::NatsTimeout(self.settings.command_timeout));
                         }
                     }
@@ -200,6 +201,7 @@ impl NatsBroker {
             }
             Err(_) => {
                 self.note_failure();
+                self.pause_jetstream();
                 Err(BrokerError::NatsTimeout(timeout))
             }
         }

@@ -34,13 +34,30 @@ impl NatsMessage {
 }
 
 impl NatsBroker {
-    /// Connects (the first time), opens the buckets, subscribes, and checks
-    /// with one ping that the server has the subscription.
+    /// Connects (the first time), opens the buckets (or keeps the ones of
+    /// the last join while JetStream does not answer), subscribes, and
+    /// checks with one ping that the server has the subscription.
     pub async fn subscribe(&self) -> Result<NatsSubscription, BrokerError> {
         let mut link = self.link.subscribe();
         let losses = link.borrow_and_update().losses;
         let client = self.client().await?.clone();
-        self.ensure_buckets(&client).await?;
+        let timeout = self.settings.command_timeout;
+        let ensured = tokio::time::timeout(timeout, self.ensure_buckets(&client))
+            .await
+            .unwrap_or_else(|_| {
+                self.pause_jetstream();
+                Err(BrokerError::NatsTimeout(timeout))
+            });
+        if let Err(error) = ensured {
+            // JetStream may be electing leaders after a server of a cluster
+            // went (NATS takes seconds): fan-out needs only core NATS, so
+            // the join goes on with the buckets known from before, whose
+            // reads and writes fail (pending, written back) until it is back.
+            if !self.has_buckets() {
+                return Err(error);
+            }
+            tracing::warn!(%error, "nats: JetStream did not answer; joining for fan-out, the registry catches up when it does");
+        }
         let ping_subject = format!("{}{:016x}", self.ping_prefix, rand::random::<u64>());
         let events = self.within(client.subscribe(self.subject.clone())).await?;
         let pings = self.within(client.subscribe(ping_subject.clone())).await?;
