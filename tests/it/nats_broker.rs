@@ -442,3 +442,37 @@ async fn the_binary_runs_on_a_password_protected_nats_from_its_config_file() {
         .await;
     eprintln!("wrong password: {}", status["redis_error"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_wide_connect_rate_is_counted_in_the_connects_bucket() {
+    use crate::support::raw_upgrade;
+    let nats = NatsServer::start(&tempdir("nats-connect-rate"));
+    let extra = "limits:\n  cluster_connect_rate_per_ip: 4";
+    let a = nats_node(&nats.url(), extra).await;
+    let b = nats_node(&nats.url(), extra).await;
+    wait_cluster(&a, 2, Duration::from_secs(15)).await;
+    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.register("rated", false).await;
+    let (mut accepted, mut refused, mut held) = (0, 0, Vec::new());
+    for i in 0..16 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (code, stream) = raw_upgrade(node.ws, "rated").await;
+        match code {
+            101 => accepted += 1,
+            429 => refused += 1,
+            other => panic!("upgrade answered {other}"),
+        }
+        held.push(stream);
+    }
+    // 4 per second over both nodes (each alone would take 4 of its own):
+    // at most 8 if the upgrades span two seconds.
+    assert!(
+        accepted <= 8 && refused >= 8,
+        "accepted {accepted}, refused {refused}"
+    );
+    let keys = bucket_keys(&nats.url(), "wavelog_connects").await.unwrap();
+    assert!(
+        keys.iter().any(|k| k.starts_with("127=2E0=2E0=2E1.")),
+        "{keys:?}"
+    );
+}

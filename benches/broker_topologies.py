@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Cross-node latency and publish cost on one Redis, a Sentinel set and a
-Redis Cluster (sharded pub/sub), in one run, with the same load.
+"""Cross-node latency and publish cost on one Redis, a Sentinel set, a
+Redis Cluster (sharded pub/sub), one NATS server and a three-server NATS
+cluster (JetStream, kv_replicas 3), in one run, with the same load.
 
-For each topology: starts the Redis servers (real redis-server /
-redis-sentinel / redis-cli --cluster create on loopback), two release
+For each topology: starts the servers (real redis-server / redis-sentinel /
+redis-cli --cluster create / nats-server -js on loopback), two release
 skywave nodes, waits until both are in cluster mode with cluster_nodes 2,
 runs `skywave-loadgen cluster` (sockets on both nodes, publishes on the
 first), prints its SUMMARY, stops everything. Ends with one table and a
@@ -11,8 +12,8 @@ first), prints its SUMMARY, stops everything. Ends with one table and a
 drift on a shared machine does not favour one.
 
   cargo build --release --workspace
-  python3 benches/redis_topologies.py [--sockets-per-node 1000] [--rate 50]
-      [--duration 10] [--rounds 2]
+  python3 benches/broker_topologies.py [--sockets-per-node 1000] [--rate 50]
+      [--duration 10] [--rounds 2] [--only single,nats]
 """
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
@@ -82,7 +83,27 @@ class Fleet:
 
 def single(f):
     port = free_port(); f.redis(port)
-    return f"redis://127.0.0.1:{port}/0"
+    return {"SKYWAVE_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+
+
+def nats_server(f, name, port, *extra):
+    store = os.path.join(f.work, name)
+    return f.spawn(["nats-server", "-a", "127.0.0.1", "-p", str(port), "-n", name, "-js", "-sd", store, *extra],
+                   port, log=f"{name}.log")
+
+
+def nats(f):
+    port = free_port(); nats_server(f, "nats-1", port)
+    return {"SKYWAVE_NATS_URL": f"nats://127.0.0.1:{port}"}
+
+
+def nats_cluster(f):
+    ports, routes = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    route_urls = ",".join(f"nats://127.0.0.1:{r}" for r in routes)
+    for i, (port, route) in enumerate(zip(ports, routes)):
+        nats_server(f, f"nats-{i + 1}", port, "--cluster_name", "bench", "--cluster", f"nats://127.0.0.1:{route}",
+                    "--routes", route_urls)
+    return {"SKYWAVE_NATS_URL": ",".join(f"nats://127.0.0.1:{p}" for p in ports), "SKYWAVE_NATS_KV_REPLICAS": "3"}
 
 
 def sentinel(f):
@@ -96,7 +117,7 @@ def sentinel(f):
             c.write(f"port {p}\nbind 127.0.0.1\ndir {f.work}\nsentinel monitor mymaster 127.0.0.1 {m} 2\n"
                     "sentinel down-after-milliseconds mymaster 1000\n")
         f.spawn(["redis-sentinel", conf], p, log=f"sentinel-{i}.log")
-    return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/mymaster/0"
+    return {"SKYWAVE_REDIS_URL": "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/mymaster/0"}
 
 
 def cluster(f):
@@ -112,7 +133,7 @@ def cluster(f):
         if time.time() > deadline:
             raise SystemExit("the Redis Cluster did not become ok")
         time.sleep(0.1)
-    return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2])
+    return {"SKYWAVE_REDIS_URL": "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2])}
 
 
 def cpu_seconds(pids):
@@ -135,13 +156,13 @@ def status(internal):
         return json.load(r)
 
 
-def nodes(f, url, binary):
+def nodes(f, broker, binary):
     out = []
     for i in range(2):
         ws, internal = free_port(), free_port()
         env = dict(os.environ, SKYWAVE_WORKER_SECRET=SECRET, SKYWAVE_WS_BIND="127.0.0.1", SKYWAVE_WS_PORT=str(ws),
-                   SKYWAVE_INTERNAL_PORT=str(internal), SKYWAVE_REDIS_URL=url, SKYWAVE_LOG_LEVEL="warn",
-                   SKYWAVE_NODE_NAME=f"{f.name}-{i}")
+                   SKYWAVE_INTERNAL_PORT=str(internal), SKYWAVE_LOG_LEVEL="warn",
+                   SKYWAVE_NODE_NAME=f"{f.name}-{i}", **broker)
         p = f.spawn([binary], internal, env=env, log=f"skywave-{i}.log")
         out.append((ws, internal, p.pid))
     deadline = time.time() + 20
@@ -162,25 +183,33 @@ def main():
     ap.add_argument("--rate", type=int, default=50)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated topologies (default: all)")
     a = ap.parse_args()
     binary = os.path.join(ROOT, "target/release/skywave")
     loadgen = os.path.join(ROOT, "target/release/skywave-loadgen")
-    for tool in ("redis-server", "redis-sentinel", "redis-cli"):
+    for tool in ("redis-server", "redis-sentinel", "redis-cli", "nats-server"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (scripts/test installs it)")
     for b in (binary, loadgen):
         if not os.path.exists(b):
             raise SystemExit(f"{b} is missing: cargo build --release --workspace")
-    work = tempfile.mkdtemp(prefix="skywave-redis-topologies-")
-    shapes = [("single", single), ("sentinel", sentinel), ("cluster", cluster)]
+    work = tempfile.mkdtemp(prefix="skywave-broker-topologies-")
+    shapes = [("single", single), ("sentinel", sentinel), ("cluster", cluster), ("nats", nats),
+              ("nats-cluster", nats_cluster)]
+    if a.only:
+        wanted = a.only.split(",")
+        unknown = set(wanted) - {name for name, _ in shapes}
+        if unknown:
+            raise SystemExit(f"--only: unknown topologies {sorted(unknown)}")
+        shapes = [shape for shape in shapes if shape[0] in wanted]
     results = {name: [] for name, _ in shapes}
     for rnd in range(a.rounds):
         order = shapes if rnd % 2 == 0 else list(reversed(shapes))
         for name, start in order:
             f = Fleet(f"{name}-{rnd}", work)
             try:
-                url = start(f)
-                ns = nodes(f, url, binary)
+                broker = start(f)
+                ns = nodes(f, broker, binary)
                 args = [loadgen, "cluster", "--secret", SECRET, "--sockets-per-node", str(a.sockets_per_node),
                         "--rate", str(a.rate), "--duration", str(a.duration)]
                 for ws, internal, pid in ns:
@@ -193,7 +222,7 @@ def main():
                 if out.returncode != 0 or line is None:
                     raise SystemExit(f"{name}: loadgen failed:\n{out.stdout}\n{out.stderr}")
                 summary = json.loads(line[len("SUMMARY "):])
-                # every Redis process of the fleet (servers and sentinels)
+                # every broker process of the fleet (servers and sentinels)
                 summary["redis_cpu_us_per_publish"] = redis_cpu * 1e6 / max(1, summary["published"])
                 results[name].append(summary)
                 print(f"{name} round {rnd}: {line}", flush=True)
@@ -213,7 +242,7 @@ def main():
                      all(r["complete"] for r in runs)))
     print(f"\n{a.sockets_per_node} sockets per node, {a.rate} publishes/s for {a.duration} s, median of {a.rounds} rounds")
     print("| topology | cross-node p50 / p99 ms | local p50 ms | POST publish p50 / p99 ms | "
-          "CPU per publish, publishing node / other node µs | Redis CPU per publish µs | complete |")
+          "CPU per publish, publishing node / other node µs | broker CPU per publish µs | complete |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.2f} / {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} / {r[5]:.2f} | "
