@@ -7,22 +7,15 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cluster_chaos::drain;
 use crate::support::{
-    eventually, tempdir, BinaryNode, NatsCluster, NatsServer, NodeClient, TestNode,
+    binary_pair, eventually, tempdir, BinaryNode, NatsCluster, NatsServer, TestNode,
 };
 
 async fn nats_node(url: &str, extra: &str) -> TestNode {
     TestNode::start(&format!("nats_url: \"{url}\"\n{extra}")).await
-}
-
-async fn wait_cluster(node: &NodeClient, nodes: i64, within: Duration) -> Value {
-    node.wait_status(within, "joins the NATS cluster", |s| {
-        s["mode"] == "cluster" && s["cluster_nodes"] == nodes
-    })
-    .await
 }
 
 /// The topics in the registry bucket, read with a NATS client of its own.
@@ -54,8 +47,8 @@ async fn two_nodes_on_one_nats_server_fan_out_in_order_with_registry_and_roster(
     let nats = NatsServer::start(&tempdir("nats-two-nodes"));
     let a = nats_node(&nats.url(), "topic_ttl: 1h\nnode_name: nats-a").await;
     let b = nats_node(&nats.url(), "topic_ttl: 1h\nnode_name: nats-b").await;
-    wait_cluster(&a, 2, Duration::from_secs(15)).await;
-    let status = wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    let status = b.wait_cluster(2, Duration::from_secs(15)).await;
     let names: Vec<&str> = status["nodes"]
         .as_array()
         .expect("nodes roster")
@@ -119,7 +112,7 @@ async fn two_nodes_on_one_nats_server_fan_out_in_order_with_registry_and_roster(
 
     // A node that leaves is gone from the roster and the count.
     a.stop().await;
-    wait_cluster(&b, 1, Duration::from_secs(20)).await;
+    b.wait_cluster(1, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +120,8 @@ async fn registrations_expire_with_the_topic_ttl_and_a_reregister_refreshes() {
     let nats = NatsServer::start(&tempdir("nats-ttl"));
     let a = nats_node(&nats.url(), "topic_ttl: 3s").await;
     let b = nats_node(&nats.url(), "topic_ttl: 3s").await;
-    wait_cluster(&a, 2, Duration::from_secs(15)).await;
-    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
     a.register("short", false).await;
     a.register("kept", false).await;
     assert_eq!(b.publish("short", &json!(1)).await, 200);
@@ -159,8 +152,8 @@ async fn chaos(keep_store: bool) {
     let mut nats = NatsServer::start(&tempdir("nats-chaos"));
     let a = nats_node(&nats.url(), "topic_ttl: 1h").await;
     let b = nats_node(&nats.url(), "topic_ttl: 1h").await;
-    wait_cluster(&a, 2, Duration::from_secs(15)).await;
-    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
     a.register("stream", true).await;
     let mut on_a = a.socket("stream", 1).await;
     let mut on_b = b.socket("stream", 2).await;
@@ -261,8 +254,8 @@ async fn a_three_server_nats_cluster_loses_the_server_a_node_is_on() {
     let extra = |name: &str| format!("topic_ttl: 1h\nnode_name: {name}\nnats:\n  kv_replicas: 3");
     let a = nats_node(&cluster.url(), &extra("nats-a")).await;
     let b = nats_node(&cluster.url(), &extra("nats-b")).await;
-    wait_cluster(&a, 2, Duration::from_secs(20)).await;
-    wait_cluster(&b, 2, Duration::from_secs(20)).await;
+    a.wait_cluster(2, Duration::from_secs(20)).await;
+    b.wait_cluster(2, Duration::from_secs(20)).await;
     a.register("moving", true).await;
     let mut on_b = b.socket("moving", 1).await;
     assert_eq!(a.publish("moving", &json!({"seq": 0})).await, 200);
@@ -411,16 +404,7 @@ async fn the_binary_runs_on_a_password_protected_nats_from_its_config_file() {
     );
     crate::support::wait_port(port).await;
     let extra = format!("nats_url: \"nats://skywave:s3cr3t-pw@127.0.0.1:{port}\"\nlog_level: info");
-    let a = BinaryNode::start(&dir, "a", &extra).await;
-    let b = BinaryNode::start(&dir, "b", &extra).await;
-    wait_cluster(&a.client, 2, Duration::from_secs(15)).await;
-    wait_cluster(&b.client, 2, Duration::from_secs(15)).await;
-    a.client.register("binary", true).await;
-    let mut socket = b.client.socket("binary", 9).await;
-    assert_eq!(a.client.publish("binary", &json!({"seq": 1})).await, 200);
-    socket
-        .expect_push(&json!({"seq": 1}), "cross-node through the binary")
-        .await;
+    let (a, _b) = binary_pair(&dir, &extra, "cross-node through the binary").await;
     let log = a.process.output();
     assert!(log.contains("nats://skywave:***@127.0.0.1"), "{log}");
     assert!(
@@ -450,8 +434,8 @@ async fn the_cluster_wide_connect_rate_is_counted_in_the_connects_bucket() {
     let extra = "limits:\n  cluster_connect_rate_per_ip: 4";
     let a = nats_node(&nats.url(), extra).await;
     let b = nats_node(&nats.url(), extra).await;
-    wait_cluster(&a, 2, Duration::from_secs(15)).await;
-    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
     a.register("rated", false).await;
     let (mut accepted, mut refused, mut held) = (0, 0, Vec::new());
     for i in 0..16 {

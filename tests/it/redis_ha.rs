@@ -12,21 +12,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    ask, eventually, tempdir, BinaryNode, NodeClient, RedisCluster, Secured, SentinelSet, TestNode,
-    TlsFiles, Ws,
+    ask, binary_pair, eventually, tempdir, NodeClient, RedisCluster, Secured, SentinelSet,
+    TestNode, TlsFiles, Ws,
 };
 
 const PUBLISH_EVERY: Duration = Duration::from_millis(50); // 20/s
 
 async fn ha_node(url: &str, extra: &str) -> TestNode {
     TestNode::start(&format!("redis_url: \"{url}\"\ntopic_ttl: 1h\n{extra}")).await
-}
-
-async fn wait_cluster(node: &NodeClient, nodes: i64, within: Duration) -> Value {
-    node.wait_status(within, "joins the cluster", |s| {
-        s["mode"] == "cluster" && s["cluster_nodes"] == nodes
-    })
-    .await
 }
 
 /// What a socket got: push sequence numbers with their arrival times.
@@ -296,8 +289,8 @@ async fn wait_numsub(port: u16, count: i64) {
 async fn sentinel_pair(set: &SentinelSet) -> (TestNode, TestNode) {
     let a = ha_node(&set.url(), "").await;
     let b = ha_node(&set.url(), "").await;
-    wait_cluster(&a, 2, Duration::from_secs(10)).await;
-    wait_cluster(&b, 2, Duration::from_secs(10)).await;
+    a.wait_cluster(2, Duration::from_secs(10)).await;
+    b.wait_cluster(2, Duration::from_secs(10)).await;
     (a, b)
 }
 
@@ -310,8 +303,8 @@ async fn assert_on_new_master(
     old: u16,
     topic: &str,
 ) {
-    wait_cluster(a, 2, Duration::from_secs(5)).await;
-    wait_cluster(b, 2, Duration::from_secs(5)).await;
+    a.wait_cluster(2, Duration::from_secs(5)).await;
+    b.wait_cluster(2, Duration::from_secs(5)).await;
     let new = set.master_port().await.expect("a master");
     assert_ne!(new, old);
     assert_eq!(
@@ -419,7 +412,8 @@ async fn cluster_fleet(cluster: &RedisCluster, extra: &str, count: usize) -> Vec
         nodes.push(ha_node(&cluster.url(), extra).await);
     }
     for node in &nodes {
-        wait_cluster(node, count as i64, Duration::from_secs(15)).await;
+        node.wait_cluster(count as i64, Duration::from_secs(15))
+            .await;
     }
     nodes
 }
@@ -486,7 +480,7 @@ async fn redis_cluster_sharded_fanout_survives_a_master_failover() {
     );
     cluster.wait_ok(Duration::from_secs(30)).await;
     for node in &nodes {
-        wait_cluster(node, 3, Duration::from_secs(10)).await;
+        node.wait_cluster(3, Duration::from_secs(10)).await;
     }
     let status = nodes[1].status("").await;
     assert_eq!(
@@ -547,20 +541,11 @@ async fn the_binary_runs_on_a_sentinel_set_from_its_config_file() {
         "redis_url: \"{}\"\nredis:\n  key_prefix: \"wavelog:\"",
         set.url()
     );
-    let a = BinaryNode::start(&dir, "a", &extra).await;
-    let b = BinaryNode::start(&dir, "b", &extra).await;
-    wait_cluster(&a.client, 2, Duration::from_secs(15)).await;
-    wait_cluster(&b.client, 2, Duration::from_secs(15)).await;
-    a.client.register("binary", true).await;
-    let mut socket = b.client.socket("binary", 9).await;
-    assert_eq!(a.client.publish("binary", &json!({"seq": 1})).await, 200);
-    socket
-        .expect_push(&json!({"seq": 1}), "cross-node on a Sentinel set")
-        .await;
+    let (a, b) = binary_pair(&dir, &extra, "cross-node on a Sentinel set").await;
     let old = set.master_port().await.unwrap();
     set.failover().await;
-    wait_cluster(&a.client, 2, Duration::from_secs(10)).await;
-    wait_cluster(&b.client, 2, Duration::from_secs(10)).await;
+    a.client.wait_cluster(2, Duration::from_secs(10)).await;
+    b.client.wait_cluster(2, Duration::from_secs(10)).await;
     let new = set.master_port().await.unwrap();
     assert_ne!(old, new);
     wait_numsub(new, 2).await;
@@ -587,8 +572,8 @@ async fn sentinel_over_tls_with_passwords_follows_a_failover() {
     let extra = format!("redis:\n  tls_ca_file: \"{ca}\"\n  sentinel_password: watch-pa55");
     let a = ha_node(&set.url(), &extra).await;
     let b = ha_node(&set.url(), &extra).await;
-    wait_cluster(&a, 2, Duration::from_secs(15)).await;
-    wait_cluster(&b, 2, Duration::from_secs(15)).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
     a.register("tls-contest", true).await;
     let mut socket = b.socket("tls-contest", 3).await;
     assert_eq!(a.publish("tls-contest", &json!({"seq": 1})).await, 200);
@@ -598,8 +583,8 @@ async fn sentinel_over_tls_with_passwords_follows_a_failover() {
 
     let old = set.master_port().await.expect("master");
     set.failover().await;
-    wait_cluster(&a, 2, Duration::from_secs(10)).await;
-    wait_cluster(&b, 2, Duration::from_secs(10)).await;
+    a.wait_cluster(2, Duration::from_secs(10)).await;
+    b.wait_cluster(2, Duration::from_secs(10)).await;
     let new = set.master_port().await.expect("master");
     assert_ne!(old, new);
     let numsub = redis::cmd("PUBSUB")
@@ -697,6 +682,6 @@ async fn redis_cluster_resharding_moves_a_shard_channel_and_nodes_follow() {
         "every topic crosses after the resharding"
     );
     for node in &nodes {
-        wait_cluster(node, 2, Duration::from_secs(5)).await;
+        node.wait_cluster(2, Duration::from_secs(5)).await;
     }
 }

@@ -11,7 +11,7 @@ mod redis_server;
 
 pub use self::answer::{parse_answer, request, Answer};
 pub use self::nats::{NatsCluster, NatsServer};
-pub use self::process::{tempdir, wait_port, BinaryNode, Process};
+pub use self::process::{binary_pair, tempdir, wait_port, BinaryNode, Process};
 pub use self::raw::{publish_pipelined, StuckSocket};
 pub use self::redis_ha::{ask, eventually, RedisCluster, Secured, SentinelSet};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
@@ -155,6 +155,14 @@ impl NodeClient {
         .await;
         assert_eq!(code, 200, "status: {body}");
         serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Polls status until the node is in cluster mode with `nodes` nodes.
+    pub async fn wait_cluster(&self, nodes: i64, within: Duration) -> Value {
+        self.wait_status(within, "joins the cluster", |s| {
+            s["mode"] == "cluster" && s["cluster_nodes"] == nodes
+        })
+        .await
     }
 
     /// Polls status until `check` holds (at most `within`).

@@ -168,3 +168,24 @@ impl BinaryNode {
         }
     }
 }
+
+/// Two real binaries in `dir` with the same `extra` settings: both join,
+/// and a publish on the first reaches a socket on the second.
+pub async fn binary_pair(dir: &Path, extra: &str, what: &str) -> (BinaryNode, BinaryNode) {
+    let a = BinaryNode::start(dir, "a", extra).await;
+    let b = BinaryNode::start(dir, "b", extra).await;
+    a.client.wait_cluster(2, Duration::from_secs(15)).await;
+    b.client.wait_cluster(2, Duration::from_secs(15)).await;
+    a.client.register("binary", true).await;
+    let mut socket = b.client.socket("binary", 9).await;
+    assert_eq!(
+        a.client
+            .publish("binary", &serde_json::json!({"seq": 1}))
+            .await,
+        200
+    );
+    socket
+        .expect_push(&serde_json::json!({"seq": 1}), what)
+        .await;
+    (a, b)
+}
