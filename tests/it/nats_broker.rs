@@ -460,3 +460,129 @@ async fn the_cluster_wide_connect_rate_is_counted_in_the_connects_bucket() {
         "{keys:?}"
     );
 }
+
+/// A `nats-server` with `args`, its JetStream store in `dir`; waits for its port.
+async fn nats_with(
+    dir: &std::path::Path,
+    name: &str,
+    args: &[String],
+) -> (u16, crate::support::Process) {
+    let port = crate::support::free_port();
+    let mut command = std::process::Command::new("nats-server");
+    command
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join(format!("{name}-store")))
+        .args(args);
+    let server = crate::support::Process::spawn(command, dir, name);
+    crate::support::wait_port(port).await;
+    (port, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_and_a_token_and_a_wrong_ca_says_why() {
+    let dir = tempdir("nats-tls");
+    let certs = crate::support::TlsFiles::generate(&dir.join("certs"));
+    let (client_cert, client_key) = certs.client_cert();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (port, _server) = nats_with(
+        &dir,
+        "nats-tls",
+        &[
+            "--tlsverify".into(),
+            "--tlscacert".into(),
+            path(&certs.ca),
+            "--tlscert".into(),
+            path(&certs.cert),
+            "--tlskey".into(),
+            path(&certs.key),
+            "--auth".into(),
+            "t0ken-for-tests".into(),
+        ],
+    )
+    .await;
+    let settings = |ca: &str| {
+        format!(
+            "nats:\n  token: t0ken-for-tests\n  tls_ca_file: \"{ca}\"\n  \
+             tls_cert_file: \"{}\"\n  tls_key_file: \"{}\"",
+            path(&client_cert),
+            path(&client_key)
+        )
+    };
+    let url = format!("tls://127.0.0.1:{port}");
+    let a = nats_node(&url, &settings(&path(&certs.ca))).await;
+    let b = nats_node(&url, &settings(&path(&certs.ca))).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
+    a.register("tls-topic", true).await;
+    let mut socket = b.socket("tls-topic", 4).await;
+    assert_eq!(a.publish("tls-topic", &json!({"seq": 1})).await, 200);
+    socket
+        .expect_push(&json!({"seq": 1}), "cross-node over mutual TLS")
+        .await;
+
+    // A CA that did not sign the server's certificate: degraded, and why.
+    let wrong = nats_node(&url, &settings(&path(&certs.unrelated_ca()))).await;
+    let status = wrong
+        .wait_status(Duration::from_secs(10), "degraded with a reason", |s| {
+            s["mode"] == "degraded"
+                && s["redis_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("nats"))
+        })
+        .await;
+    eprintln!("wrong CA: {}", status["redis_error"]);
+    assert!(
+        status["redis_error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate")
+            || status["redis_error"].as_str().unwrap().contains("tls"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_seed_file_authenticates() {
+    let dir = tempdir("nats-nkey");
+    let user = nkeys::KeyPair::new_user();
+    let seed_file = dir.join("user.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    let conf = dir.join("server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let (port, _server) = nats_with(
+        &dir,
+        "nats-nkey",
+        &["-c".into(), conf.display().to_string()],
+    )
+    .await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let extra = format!("nats:\n  nkey_seed_file: \"{}\"", seed_file.display());
+    let a = nats_node(&url, &extra).await;
+    let b = nats_node(&url, &extra).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
+    a.register("nkey-topic", false).await;
+    let mut socket = b.socket("nkey-topic", 5).await;
+    assert_eq!(a.publish("nkey-topic", &json!({"seq": 1})).await, 200);
+    socket
+        .expect_push(&json!({"seq": 1}), "cross-node with an NKey user")
+        .await;
+    // Without the seed the server refuses the node.
+    let refused = nats_node(&url, "").await;
+    let status = refused
+        .wait_status(Duration::from_secs(10), "refused without the NKey", |s| {
+            s["mode"] == "degraded"
+                && s["redis_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("authorization"))
+        })
+        .await;
+    eprintln!("without the NKey: {}", status["redis_error"]);
+}
