@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deployment tests: static checks of the kit (compose.yaml, Dockerfile,
-# nginx/, deploy/skywave.service, docs), the Sentinel and Redis Cluster
+# nginx/, deploy/skywave.service, docs), the Sentinel, Redis Cluster and NATS
 # compose examples started for real (check_compose_ha.py), the monitoring files (Grafana
 # dashboard, Prometheus alerts) against real nodes, the Kubernetes manifests
 # against the Kubernetes JSON schemas, the end-to-end runs through a real
@@ -10,8 +10,8 @@
 #
 #   tests/deploy/run.sh [path/to/skywave]      (default target/release/skywave)
 #
-# Needs: python3 (>= 3.11), nginx, haproxy, chromium, redis-server, promtool,
-# systemd-analyze, and the pip packages in tests/deploy/requirements.txt
+# Needs: python3 (>= 3.11), nginx, haproxy, chromium, redis-server, nats-server,
+# wget, promtool, systemd-analyze, and the pip packages in tests/deploy/requirements.txt
 # (scripts/test installs them all). check_files.py reports a missing tool as
 # SKIP; in the other tests a missing tool or package is a FAIL naming it.
 # Every test always runs; the exit status is non-zero if any failed.
