@@ -135,7 +135,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Outgoing;
+    use crate::hub::{Outgoing, Staleness};
 
     #[tokio::test]
     async fn at_shutdown_what_was_queued_is_delivered_and_later_frames_are_refused() {
@@ -162,11 +162,11 @@ mod tests {
         task.await.expect("task");
         for n in 0..500 {
             assert_eq!(
-                socket.outbox().pop(),
+                socket.outbox().pop(Staleness::Keep),
                 Some(Outgoing::Frame(Frame::from(n.to_string())))
             );
         }
-        assert_eq!(socket.outbox().pop(), None);
+        assert_eq!(socket.outbox().pop(Staleness::Keep), None);
         assert_eq!(
             dispatcher
                 .try_dispatch("t".to_string(), Frame::from("late".to_string()))

@@ -21,7 +21,9 @@ mod validate;
 pub use duration::{format_go_duration, format_go_seconds, parse_go_duration, DurationError};
 pub use load::keys;
 pub use redis_url::{normalize_redis_url, redact_url, Credentials, RedisTarget};
-pub use schema::{ClusterPubsub, Config, Limits, LogFormat, RedisSettings, RosterSettings};
+pub use schema::{
+    ClusterPubsub, Config, Limits, LogFormat, RedisSettings, RosterSettings, DEFAULT_MAX_FRAME_AGE,
+};
 pub use secret::Secret;
 
 /// Minimum length of `worker_secret`, as the Go worker enforces it.

@@ -5,6 +5,8 @@
 //! [`Outbox`]; the socket's own session task writes it out. A full outbox
 //! drops its *oldest* frame and counts it, so one slow socket costs a bounded
 //! amount of memory and never delays the publisher or any other socket.
+//! A frame that waited longer than `limits.max_frame_age` is dropped by the
+//! session's next pop and reported in the same `lagged` notice.
 //!
 //! The hub also keeps the per-node counts the status endpoint reports; the
 //! outbox itself is `outbox.rs`.
@@ -14,10 +16,12 @@ mod outbox;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::time::Instant;
 
-pub use self::outbox::{Outbox, Outgoing};
+pub use self::outbox::{Outbox, Outgoing, Staleness, Taken};
 pub use crate::frames::Frame;
 
 pub struct Hub {
@@ -27,7 +31,10 @@ pub struct Hub {
     anonymous: AtomicUsize,
     next_id: AtomicU64,
     queue_capacity: usize,
+    max_frame_age: Duration,
 }
+
+pub use crate::config::DEFAULT_MAX_FRAME_AGE;
 
 /// The counts `/internal/status` reports for this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +53,14 @@ pub struct Delivery {
 }
 
 impl Hub {
+    /// A hub whose frames go stale after [`DEFAULT_MAX_FRAME_AGE`].
     pub fn new(queue_capacity: usize) -> Arc<Self> {
+        Self::with_limits(queue_capacity, DEFAULT_MAX_FRAME_AGE)
+    }
+
+    /// Outboxes of `queue_capacity` frames, each dropped once it waited
+    /// `max_frame_age` (see [`Outbox::pop_batch`]).
+    pub fn with_limits(queue_capacity: usize, max_frame_age: Duration) -> Arc<Self> {
         Arc::new(Hub {
             topics: DashMap::new(),
             users: DashMap::new(),
@@ -54,6 +68,8 @@ impl Hub {
             anonymous: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            // A year is "never" and keeps the deadline arithmetic in range.
+            max_frame_age: max_frame_age.min(Duration::from_secs(365 * 86_400)),
         })
     }
 
@@ -94,8 +110,9 @@ impl Hub {
             recipients: members.len(),
             dropped: 0,
         };
+        let stale_at = self.stale_at();
         for outbox in members.values() {
-            if outbox.push(frame.clone(), self.queue_capacity) {
+            if outbox.push(frame.clone(), stale_at, self.queue_capacity) {
                 delivery.dropped += 1;
             }
         }
@@ -105,15 +122,22 @@ impl Hub {
     /// Queues `frame` for every socket on this node (a notice for all).
     pub fn deliver_all(&self, frame: &Frame) -> Delivery {
         let mut delivery = Delivery::default();
+        let stale_at = self.stale_at();
         for members in self.topics.iter() {
             delivery.recipients += members.len();
             for outbox in members.values() {
-                if outbox.push(frame.clone(), self.queue_capacity) {
+                if outbox.push(frame.clone(), stale_at, self.queue_capacity) {
                     delivery.dropped += 1;
                 }
             }
         }
         delivery
+    }
+
+    /// When a frame queued now goes stale (one clock read per publish).
+    fn stale_at(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.max_frame_age).unwrap_or(now)
     }
 
     pub fn counts(&self) -> HubCounts {
@@ -222,7 +246,7 @@ mod tests {
         let f = frame("{\"type\":\"push\",\"payload\":1}");
         assert_eq!(hub.deliver("t", &f).recipients, 2);
         for s in [&s1, &s2] {
-            match s.outbox().pop() {
+            match s.outbox().pop(Staleness::Keep) {
                 Some(Outgoing::Frame(got)) => {
                     assert_eq!(got.as_ptr(), f.as_ptr())
                 }
@@ -243,12 +267,18 @@ mod tests {
         }
         assert_eq!(dropped, 2);
         assert!(s.outbox().is_lagging());
-        assert_eq!(s.outbox().pop(), Some(Outgoing::Lagged { missed: 2 }));
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Lagged { missed: 2 })
+        );
         assert!(!s.outbox().is_lagging(), "reported once");
         for want in ["2", "3", "4"] {
-            assert_eq!(s.outbox().pop(), Some(Outgoing::Frame(frame(want))));
+            assert_eq!(
+                s.outbox().pop(Staleness::Keep),
+                Some(Outgoing::Frame(frame(want)))
+            );
         }
-        assert_eq!(s.outbox().pop(), None);
+        assert_eq!(s.outbox().pop(Staleness::Keep), None);
     }
 
     #[test]
@@ -259,7 +289,12 @@ mod tests {
             hub.deliver("t", &frame(&i.to_string()));
         }
         let mut got = Vec::new();
-        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 3);
+        assert_eq!(
+            s.outbox()
+                .pop_batch(3, Staleness::Keep, |item| got.push(item))
+                .items,
+            3
+        );
         assert_eq!(
             got,
             [
@@ -269,8 +304,82 @@ mod tests {
             ]
         );
         got.clear();
-        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 1);
+        assert_eq!(
+            s.outbox()
+                .pop_batch(3, Staleness::Keep, |item| got.push(item))
+                .items,
+            1
+        );
         assert_eq!(got, [Outgoing::Frame(frame("4"))]);
-        assert_eq!(s.outbox().pop_batch(3, |_| unreachable!()), 0);
+        assert_eq!(
+            s.outbox()
+                .pop_batch(3, Staleness::Keep, |_| unreachable!())
+                .items,
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_that_waited_too_long_are_dropped_and_reported_then_fresh_ones_follow() {
+        let hub = Hub::with_limits(100, Duration::from_secs(1));
+        let s = hub.subscribe("t", 1);
+        for i in 0..3 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        tokio::time::advance(Duration::from_millis(600)).await;
+        for i in 3..5 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        // 0..3 waited 1.1 s, 3..5 only 0.5 s.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let mut got = Vec::new();
+        let taken = s
+            .outbox()
+            .pop_batch(10, Staleness::DropAt(Instant::now()), |item| got.push(item));
+        assert_eq!(taken, Taken { items: 3, stale: 3 });
+        assert_eq!(
+            got,
+            [
+                Outgoing::Lagged { missed: 3 },
+                Outgoing::Frame(frame("3")),
+                Outgoing::Frame(frame("4"))
+            ]
+        );
+        assert!(s.outbox().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_and_overflowed_frames_make_one_lag_notice() {
+        let hub = Hub::with_limits(3, Duration::from_secs(1));
+        let s = hub.subscribe("t", 1);
+        // 0, 1 and 2 are pushed out of the full queue (by 3, 4 and 5);
+        // 3 and 4 go stale; 5 is fresh.
+        for i in 0..5 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        hub.deliver("t", &frame("5"));
+        assert_eq!(
+            s.outbox().pop(Staleness::DropAt(Instant::now())),
+            Some(Outgoing::Lagged { missed: 5 }),
+            "3 pushed out of the full queue and 2 stale, in one notice"
+        );
+        assert_eq!(
+            s.outbox().pop(Staleness::DropAt(Instant::now())),
+            Some(Outgoing::Frame(frame("5")))
+        );
+        assert_eq!(s.outbox().pop(Staleness::DropAt(Instant::now())), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_flush_keeps_stale_frames() {
+        let hub = Hub::with_limits(8, Duration::from_secs(1));
+        let s = hub.subscribe("t", 1);
+        hub.deliver("t", &frame("0"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("0")))
+        );
     }
 }

@@ -143,6 +143,11 @@ impl Metrics {
                 &self.dropped_frames,
             ),
             (
+                "skywave_stale_frames_total",
+                "frames dropped from socket queues after waiting longer than limits.max_frame_age",
+                &self.stale_frames,
+            ),
+            (
                 "skywave_lagged_notices_total",
                 "lagged notices sent to slow sockets",
                 &self.lagged_notices,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use self::close::{close_with, fail, reply_to_close};
-use self::write::{drain, write, write_queued, WriteError, WRITE_TIMEOUT};
+use self::write::{drain, fresh_now, write, write_queued, WriteError, WRITE_TIMEOUT};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::codec::Inbound;
 use super::conn::Connection;
@@ -91,7 +91,7 @@ pub async fn run(
                 // Until shutdown, whose branch then takes over (an atomic
                 // read: the token's own check takes a lock).
                 while node.drain_deadline().is_none() {
-                    match write_queued(&mut conn, &node, outbox).await {
+                    match write_queued(&mut conn, &node, outbox, fresh_now()).await {
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(error) => {

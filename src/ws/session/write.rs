@@ -20,7 +20,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::super::conn::{Connection, BATCH};
 use crate::frames;
-use crate::hub::{Frame, Outbox, Outgoing};
+use crate::hub::{Frame, Outbox, Outgoing, Staleness};
 use crate::node::{Node, SHUTDOWN_DRAIN};
 
 /// One write (a frame, or a batch of queued ones) must be done within this,
@@ -58,15 +58,30 @@ pub async fn write(
 /// Writes what the outbox holds, up to [`BATCH`] frames (in one write when
 /// the socket takes them at once), within the bounds; how many there were
 /// (0: the outbox was empty).
+///
+/// Frames that waited longer than `limits.max_frame_age` are dropped
+/// instead (counted in `skywave_stale_frames_total` and in the lag notice
+/// written first), unless `staleness` is [`Staleness::Keep`].
 pub async fn write_queued(
     conn: &mut Connection,
     node: &Node,
     outbox: &Outbox,
+    staleness: Staleness,
 ) -> Result<usize, WriteError> {
     let mut batch = Batch::Empty;
-    let count = outbox.pop_batch(BATCH, |item| batch.push(frame_for(item, node)));
+    let taken = outbox.pop_batch(BATCH, staleness, |item| batch.push(frame_for(item, node)));
+    if taken.stale > 0 {
+        node.metrics()
+            .stale_frames
+            .fetch_add(taken.stale, Ordering::Relaxed);
+    }
     write_all(conn, node, Some(outbox), batch.frames()).await?;
-    Ok(count)
+    Ok(taken.items)
+}
+
+/// Fresh frames only: the rule while the node runs.
+pub fn fresh_now() -> Staleness {
+    Staleness::DropAt(Instant::now())
 }
 
 async fn write_all(
@@ -139,7 +154,9 @@ pub async fn drain(conn: &mut Connection, node: &Node, outbox: &Outbox) -> Resul
     tokio::pin!(fanout);
     let mut fanout_done = false;
     loop {
-        while write_queued(conn, node, outbox).await? > 0 {
+        // What the node accepted goes out, however long it waited (bounded
+        // by the drain deadline).
+        while write_queued(conn, node, outbox, Staleness::Keep).await? > 0 {
             if Instant::now() >= deadline {
                 return Err(WriteError::Deadline);
             }
