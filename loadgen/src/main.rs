@@ -191,6 +191,19 @@ enum Scenario {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
     },
+    /// Publishes to one topic back-to-back, as fast as accepted, every
+    /// socket reading: is every loss reported by `lagged`, how fresh are the
+    /// delivered frames, does RSS stay bounded.
+    Overload {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 5_000)]
+        publishes: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
     /// A few seconds of each scenario at small N against a server this
     /// command starts itself; exits non-zero unless every delivery arrived.
     Smoke {
@@ -411,6 +424,20 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             )
             .await
         }
+        Scenario::Overload {
+            target: t,
+            sockets,
+            publishes,
+            payload_bytes,
+        } => {
+            failures::overload(
+                &target(t)?,
+                bounded(sockets)?,
+                publishes.min(1_000_000),
+                payload_bytes.min(512 * 1024),
+            )
+            .await
+        }
         Scenario::Smoke { server_bin } => smoke(&server_bin).await,
     }
 }
@@ -563,6 +590,11 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     if floor["complete"] != true {
         bail!("smoke: the floor sender's frames did not all arrive in order: {floor}");
     }
+    // The overload policy: every frame a socket did not get is reported.
+    let overload = failures::overload(&target, 200, 4_000, 1_000).await?;
+    if overload["all_accounted"] != true {
+        bail!("smoke: under overload a socket lost frames no lagged notice reported: {overload}");
+    }
     let churn = scenario::churn(&target, 500, 16).await?;
     let mass_close = scenario::mass_close(&target, 300, 100).await?;
     // Last: it ends the server.
@@ -581,7 +613,7 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     println!("smoke: every scenario ran, every delivery arrived in order");
     Ok(serde_json::json!({
         "scenario": "smoke", "idle": idle, "floor": floor, "fanout": fanout,
-        "cpu_ratio": compared["median_cpu_ratio"], "churn": churn,
+        "cpu_ratio": compared["median_cpu_ratio"], "overload": overload, "churn": churn,
         "mass_close": mass_close, "sigterm": sigterm,
     }))
 }
