@@ -71,6 +71,9 @@ impl Dispatcher {
                 metrics
                     .deliveries
                     .fetch_add(delivery.recipients as u64, Ordering::Relaxed);
+                metrics
+                    .written_through
+                    .fetch_add(delivery.written as u64, Ordering::Relaxed);
                 if delivery.dropped > 0 {
                     metrics
                         .dropped_frames

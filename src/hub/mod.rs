@@ -1,8 +1,10 @@
 //! Local fan-out: topic -> the sockets subscribed to it on this node.
 //!
-//! The hub never awaits and never does I/O. A publish is one shared frame
-//! (`Frame`, a reference-counted buffer) pushed into each subscriber's
-//! [`Outbox`]; the socket's own session task writes it out. A full outbox
+//! The hub never awaits. A publish is one shared frame (`Frame`, a
+//! reference-counted buffer) handed to each subscriber's [`Outbox`]: written
+//! straight into the socket when the socket is idle and takes it whole (one
+//! non-blocking `writev`, no task woken: write-through), queued for the
+//! socket's own session task otherwise. A full outbox
 //! drops its *oldest* frame and counts it, so one slow socket costs a bounded
 //! amount of memory and never delays the publisher or any other socket.
 //! A frame that waited longer than `limits.max_frame_age` is dropped by the
@@ -21,7 +23,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-pub use self::outbox::{Outbox, Outgoing, Staleness, Taken};
+pub use self::outbox::{Outbox, Outgoing, Pushed, Staleness, Taken};
 pub use crate::frames::Frame;
 
 pub struct Hub {
@@ -50,6 +52,16 @@ pub struct Delivery {
     pub recipients: usize,
     /// Older frames pushed out of full outboxes by this delivery.
     pub dropped: usize,
+    /// Recipients the frame was written to directly (write-through), no
+    /// session woken.
+    pub written: usize,
+}
+
+impl Delivery {
+    fn count(&mut self, pushed: Pushed) {
+        self.dropped += usize::from(pushed.dropped);
+        self.written += usize::from(pushed.written);
+    }
 }
 
 impl Hub {
@@ -108,13 +120,17 @@ impl Hub {
         };
         let mut delivery = Delivery {
             recipients: members.len(),
-            dropped: 0,
+            ..Delivery::default()
         };
         let stale_at = self.stale_at();
+        let (head, used) = crate::frames::text_header(frame.len());
         for outbox in members.values() {
-            if outbox.push(frame.clone(), stale_at, self.queue_capacity) {
-                delivery.dropped += 1;
-            }
+            delivery.count(outbox.push(
+                frame.clone(),
+                &head[..used],
+                stale_at,
+                self.queue_capacity,
+            ));
         }
         delivery
     }
@@ -123,12 +139,16 @@ impl Hub {
     pub fn deliver_all(&self, frame: &Frame) -> Delivery {
         let mut delivery = Delivery::default();
         let stale_at = self.stale_at();
+        let (head, used) = crate::frames::text_header(frame.len());
         for members in self.topics.iter() {
             delivery.recipients += members.len();
             for outbox in members.values() {
-                if outbox.push(frame.clone(), stale_at, self.queue_capacity) {
-                    delivery.dropped += 1;
-                }
+                delivery.count(outbox.push(
+                    frame.clone(),
+                    &head[..used],
+                    stale_at,
+                    self.queue_capacity,
+                ));
             }
         }
         delivery
@@ -381,5 +401,104 @@ mod tests {
             s.outbox().pop(Staleness::Keep),
             Some(Outgoing::Frame(frame("0")))
         );
+    }
+
+    /// A connected pair: the server side shared as the session shares it.
+    async fn socket_pair() -> (Arc<tokio::net::TcpStream>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (Arc::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn once_released_an_idle_socket_is_written_to_directly_in_order() {
+        use tokio::io::AsyncReadExt;
+        let hub = Hub::new(8);
+        let s = hub.subscribe("t", 1);
+        let (server, mut client) = socket_pair().await;
+        s.outbox().attach(server);
+        // Until the session releases it (after auth_ok), pushes are queued.
+        assert_eq!(hub.deliver("t", &frame("0")).written, 0);
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("0")))
+        );
+        assert_eq!(s.outbox().pop(Staleness::Keep), None, "the session is done");
+        // The empty pop released it: now the hub writes through.
+        for text in ["1", "22"] {
+            let delivery = hub.deliver("t", &frame(text));
+            assert_eq!((delivery.recipients, delivery.written), (1, 1));
+        }
+        assert!(s.outbox().is_empty(), "nothing queued, nothing to wake");
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"\x81\x011\x81\x0222", "header + payload, in order");
+        // A session write of its own: the hub queues meanwhile.
+        assert_eq!(s.outbox().claim(), None);
+        assert_eq!(hub.deliver("t", &frame("3")).written, 0);
+        s.outbox().release();
+        assert_eq!(
+            hub.deliver("t", &frame("4")).written,
+            0,
+            "behind a queued frame"
+        );
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("3")))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_makes_the_hub_queue_and_a_cut_frame_goes_first() {
+        let hub = Hub::new(1_000);
+        let s = hub.subscribe("t", 1);
+        let (server, _client) = socket_pair().await;
+        s.outbox().attach(Arc::clone(&server));
+        assert_eq!(s.outbox().pop(Staleness::Keep), None);
+        // The client never reads: the kernel fills, and then a frame is cut
+        // or refused; either way nothing after it is written through.
+        let big = Frame::from("x".repeat(64 * 1024));
+        let mut written = 0;
+        while hub.deliver("t", &big).written == 1 {
+            written += 1;
+            assert!(written < 10_000, "the kernel's queue is bounded");
+        }
+        assert_eq!(hub.deliver("t", &frame("after")).written, 0);
+        let mut items = Vec::new();
+        s.outbox()
+            .pop_batch(10, Staleness::Keep, |item| items.push(item));
+        let frames: Vec<_> = items
+            .iter()
+            .filter(|item| !matches!(item, Outgoing::Rest(_)))
+            .collect();
+        match items.first() {
+            // Cut: the rest first, then the big frame was not queued again.
+            Some(Outgoing::Rest(rest)) => {
+                assert!(!rest.is_empty() && rest.len() < big.len() + 4);
+                assert_eq!(frames, [&Outgoing::Frame(frame("after"))]);
+            }
+            // Refused whole: it was queued, then the next one.
+            _ => assert_eq!(
+                frames,
+                [
+                    &Outgoing::Frame(big.clone()),
+                    &Outgoing::Frame(frame("after"))
+                ]
+            ),
+        }
+    }
+
+    #[test]
+    fn the_tail_of_a_cut_frame() {
+        let payload = Frame::from("abcdef".to_string());
+        let head = [0x81u8, 6];
+        assert_eq!(&outbox::tail(&head, &payload, 1)[..], b"\x06abcdef");
+        assert_eq!(&outbox::tail(&head, &payload, 2)[..], b"abcdef");
+        assert_eq!(&outbox::tail(&head, &payload, 5)[..], b"def");
     }
 }

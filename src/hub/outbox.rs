@@ -9,10 +9,23 @@
 //! out, and reports them in the lag notice it hands out first: a socket
 //! that fell behind gets `lagged` and then fresh frames, never a backlog
 //! of frames older than the bound.
+//!
+//! *Write-through.* Once the session has attached its socket and released
+//! it (after `auth_ok`), a push that finds the queue empty and the session
+//! not writing writes the frame into the socket itself: one non-blocking
+//! `writev` of the publish's header and the shared payload, under this
+//! outbox's lock, and no task is woken. Only when the socket does not take
+//! it whole is the frame queued (or, after a short write, its unsent tail
+//! kept to go out first) and the session woken. Whoever writes holds the
+//! lock or the `busy` mark, so the bytes of two frames never mix, and
+//! frames leave in the order they were pushed.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -29,6 +42,23 @@ struct Pending {
     frames: VecDeque<(Frame, Instant)>,
     /// Frames dropped since the session last took the count.
     missed: u64,
+    /// What the socket did not take of a frame the hub wrote: it goes out
+    /// before anything else (boxed: rare, and an idle socket pays 8 bytes).
+    rest: Option<Box<Bytes>>,
+    /// The socket, for write-through (none until the session attaches it).
+    socket: Option<Arc<TcpStream>>,
+    /// The session is writing, or has not released the socket yet: the hub
+    /// only queues.
+    busy: bool,
+}
+
+/// What one push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pushed {
+    /// An older frame was dropped for it (the queue was full).
+    pub dropped: bool,
+    /// The frame went straight into the socket, whole.
+    pub written: bool,
 }
 
 /// How a pop treats frames that waited too long.
@@ -53,6 +83,8 @@ pub struct Taken {
 /// What the session writes next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
+    /// The unsent tail of a frame the hub began writing: raw bytes, first.
+    Rest(Bytes),
     /// `missed` older frames were dropped before the frames that follow.
     Lagged {
         missed: u64,
@@ -66,6 +98,9 @@ impl Outbox {
             queue: Mutex::new(Pending {
                 frames: VecDeque::new(),
                 missed: 0,
+                rest: None,
+                socket: None,
+                busy: true,
             }),
             ready: Notify::new(),
         }
@@ -79,23 +114,74 @@ impl Outbox {
     }
 
     /// Queues a frame that goes stale at `stale_at` (the hub's capacity
-    /// applies to every outbox); returns true if an older frame was dropped
-    /// for it.
-    pub(super) fn push(&self, frame: Frame, stale_at: Instant, capacity: usize) -> bool {
-        let dropped = {
+    /// applies to every outbox), or writes it into the socket at once
+    /// (write-through, see the module text); `head` is its WebSocket header.
+    pub(super) fn push(
+        &self,
+        frame: Frame,
+        head: &[u8],
+        stale_at: Instant,
+        capacity: usize,
+    ) -> Pushed {
+        let mut pushed = Pushed::default();
+        {
             let mut pending = self.lock();
-            let dropped = if pending.frames.len() >= capacity {
+            if let Some(socket) = pending.writable() {
+                match write_through(socket, head, &frame) {
+                    Ok(sent) if sent == head.len() + frame.len() => {
+                        pushed.written = true;
+                        return pushed;
+                    }
+                    Ok(sent) => {
+                        // Cut: the tail goes first, by the session.
+                        pending.rest = Some(Box::new(tail(head, &frame, sent)));
+                        drop(pending);
+                        self.ready.notify_one();
+                        return pushed;
+                    }
+                    // Full (or failed: the session finds out itself).
+                    Err(_) => {}
+                }
+            }
+            if pending.frames.len() >= capacity {
                 pending.frames.pop_front();
                 pending.missed += 1;
-                true
-            } else {
-                false
-            };
+                pushed.dropped = true;
+            }
             pending.frames.push_back((frame, stale_at));
-            dropped
-        };
+        }
         self.ready.notify_one();
-        dropped
+        pushed
+    }
+
+    /// Gives the hub the socket for write-through; it is used once the
+    /// session [`release`](Self::release)s it.
+    pub fn attach(&self, socket: Arc<TcpStream>) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// The session is about to write on its own (a ping, a status frame,
+    /// the close): the hub only queues from now on, until
+    /// [`release`](Self::release). Returns the tail of a frame the hub cut,
+    /// which must be written first.
+    pub fn claim(&self) -> Option<Bytes> {
+        let mut pending = self.lock();
+        pending.busy = true;
+        pending.rest.take().map(|rest| *rest)
+    }
+
+    /// The session's own write is done: the hub may write through again
+    /// (it only does when nothing is queued; if something is, the session
+    /// is woken to write it).
+    pub fn release(&self) {
+        let waiting = {
+            let mut pending = self.lock();
+            pending.busy = false;
+            !pending.frames.is_empty() || pending.missed > 0 || pending.rest.is_some()
+        };
+        if waiting {
+            self.ready.notify_one();
+        }
     }
 
     /// The next thing to write, if any: a lag notice first when frames were
@@ -119,6 +205,10 @@ impl Outbox {
         let mut taken = Taken::default();
         if max == 0 {
             return taken;
+        }
+        if let Some(rest) = pending.rest.take() {
+            each(Outgoing::Rest(*rest));
+            taken.items += 1;
         }
         if let Staleness::DropAt(now) = staleness {
             // In queue order, so the stale ones are at the front.
@@ -144,12 +234,20 @@ impl Outbox {
             // Give back what a burst made the queue grow to.
             pending.frames = VecDeque::new();
         }
+        // The session writes what it took; once a pop finds nothing, its
+        // writes are done and the hub may write through.
+        pending.busy = taken.items > 0;
         taken
     }
 
     /// Resolves when frames were queued since the last call (cancel-safe).
     pub async fn ready(&self) {
         self.ready.notified().await;
+    }
+
+    /// True while the hub would write a push into the socket itself.
+    pub fn writes_through(&self) -> bool {
+        self.lock().writable().is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -165,4 +263,38 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+impl Pending {
+    /// The socket, if a push may go into it now: attached, released by the
+    /// session, nothing queued or cut before it, no loss to report first.
+    fn writable(&self) -> Option<&TcpStream> {
+        match &self.socket {
+            Some(socket)
+                if !self.busy
+                    && self.frames.is_empty()
+                    && self.missed == 0
+                    && self.rest.is_none() =>
+            {
+                Some(socket)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One non-blocking vectored write of header + payload; how much went out.
+fn write_through(socket: &TcpStream, head: &[u8], payload: &[u8]) -> io::Result<usize> {
+    socket.try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
+}
+
+/// What is left of header + payload once `sent` bytes went out.
+pub(super) fn tail(head: &[u8], payload: &Bytes, sent: usize) -> Bytes {
+    if sent >= head.len() {
+        return payload.slice(sent - head.len()..);
+    }
+    let mut rest = Vec::with_capacity(head.len() - sent + payload.len());
+    rest.extend_from_slice(&head[sent..]);
+    rest.extend_from_slice(payload);
+    Bytes::from(rest)
 }

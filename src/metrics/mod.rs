@@ -43,6 +43,8 @@ pub struct Metrics {
     pub publishes: AtomicU64,
     pub publishes_not_registered: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Deliveries the fan-out wrote into the socket itself (no session woken).
+    pub written_through: AtomicU64,
     pub dropped_frames: AtomicU64,
     /// Frames dropped from socket queues for waiting longer than
     /// `limits.max_frame_age` (reported in `lagged` as `dropped_frames` are).

@@ -138,6 +138,11 @@ impl Metrics {
                 &self.deliveries,
             ),
             (
+                "skywave_deliveries_written_through_total",
+                "deliveries written into the socket by the fan-out itself (no session woken)",
+                &self.written_through,
+            ),
+            (
                 "skywave_dropped_frames_total",
                 "oldest frames dropped from full socket queues",
                 &self.dropped_frames,

@@ -25,7 +25,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::TokioIo;
 
 use self::conn::Connection;
 
@@ -167,7 +166,7 @@ async fn upgrade(
                 return;
             }
         };
-        let conn = Connection::new(TokioIo::new(upgraded), MAX_INBOUND_MESSAGE);
+        let conn = Connection::new(conn::Upgrade::new(upgraded), MAX_INBOUND_MESSAGE);
         log::connection(&session_node, "websocket connected", client, &topic, None);
         let started = std::time::Instant::now();
         let log_node = Arc::clone(&session_node);

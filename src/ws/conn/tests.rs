@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::ws::codec::testing::masked;
+use hyper_util::rt::TokioIo;
 
 const MAX: usize = 4096;
 const TEXT: u8 = 0x1;
@@ -57,7 +58,7 @@ async fn upgraded(early: &[u8]) -> (Connection, TcpStream) {
         String::from_utf8_lossy(&head)
     );
     let upgraded = upgrade_rx.await.expect("request").await.expect("upgrade");
-    (Connection::new(TokioIo::new(upgraded), MAX), client)
+    (Connection::new(Upgrade::new(upgraded), MAX), client)
 }
 
 async fn pair() -> (Connection, TcpStream) {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use self::close::{close_with, fail, reply_to_close};
-use self::write::{drain, fresh_now, write, write_queued, WriteError, WRITE_TIMEOUT};
+use self::write::{claim, drain, fresh_now, write, write_queued, WriteError, WRITE_TIMEOUT};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::codec::Inbound;
 use super::conn::Connection;
@@ -55,12 +55,18 @@ pub async fn run(
     );
     let subscription = node.hub().subscribe(&topic, user_id);
     node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
+    // The hub only queues until auth_ok is out (a new outbox is the
+    // session's); then it may write pushes into the socket itself.
+    if let Some(socket) = conn.socket() {
+        subscription.outbox().attach(socket);
+    }
     if write(&mut conn, &node, None, &frames::auth_ok())
         .await
         .is_err()
     {
         return;
     }
+    subscription.outbox().release();
     let is_status_topic = topic == STATUS_TOPIC;
     drop(topic);
     let outbox = subscription.outbox();
@@ -95,7 +101,7 @@ pub async fn run(
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(error) => {
-                            Box::pin(end_after(&mut conn, &node, error)).await;
+                            Box::pin(end_after(&mut conn, &node, outbox, error)).await;
                             return;
                         }
                     }
@@ -105,20 +111,27 @@ pub async fn run(
                 let inbound = match inbound {
                     Ok(inbound) => inbound,
                     Err(error) => {
-                        Box::pin(fail(&mut conn, &node, error)).await;
+                        if claim(&mut conn, &node, outbox).await.is_ok() {
+                            Box::pin(fail(&mut conn, &node, error)).await;
+                        }
                         return;
                     }
                 };
                 last_heard = Instant::now();
                 match inbound {
                     Inbound::Ping(payload) => {
-                        if Box::pin(timeout(WRITE_TIMEOUT, conn.send_pong(&payload))).await.map_or(true, |r| r.is_err()) {
+                        if claim(&mut conn, &node, outbox).await.is_err()
+                            || Box::pin(timeout(WRITE_TIMEOUT, conn.send_pong(&payload))).await.map_or(true, |r| r.is_err())
+                        {
                             return;
                         }
+                        outbox.release();
                     }
                     Inbound::Close(code) => {
                         let (code, reason) = reply_to_close(code);
-                        close_with(&mut conn, code, reason).await;
+                        if claim(&mut conn, &node, outbox).await.is_ok() {
+                            close_with(&mut conn, code, reason).await;
+                        }
                         return;
                     }
                     Inbound::Text(text)
@@ -129,16 +142,24 @@ pub async fn run(
                         last_status = Some(Instant::now());
                         let request = StatusRequest { uptime_seconds: true, ..Default::default() };
                         let report = Box::pin(node.status(request)).await;
-                        if let Err(error) = write(&mut conn, &node, Some(outbox), &frames::status(&report)).await {
-                            Box::pin(end_after(&mut conn, &node, error)).await;
+                        let written = match claim(&mut conn, &node, outbox).await {
+                            Ok(()) => write(&mut conn, &node, Some(outbox), &frames::status(&report)).await,
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = written {
+                            Box::pin(end_after(&mut conn, &node, outbox, error)).await;
                             return;
                         }
+                        outbox.release();
                     }
                     // Everything else after auth is ignored.
                     Inbound::Text(_) | Inbound::Binary(_) | Inbound::Pong => {}
                 }
             }
             () = &mut keepalive => {
+                if claim(&mut conn, &node, outbox).await.is_err() {
+                    return;
+                }
                 if Instant::now() >= idle_deadline {
                     node.metrics().idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("dropping a silent socket");
@@ -149,6 +170,7 @@ pub async fn run(
                 if Box::pin(timeout(WRITE_TIMEOUT, conn.send_ping())).await.map_or(true, |r| r.is_err()) {
                     return;
                 }
+                outbox.release();
             }
         }
     }
@@ -165,11 +187,17 @@ async fn flush_and_close(conn: &mut Connection, node: &Node, outbox: &Outbox) {
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
-    close_with(conn, close::GOING_AWAY, "server shutting down").await;
+    // The hub stops writing through before the close frame goes out.
+    if claim(conn, node, outbox).await.is_ok() {
+        close_with(conn, close::GOING_AWAY, "server shutting down").await;
+    }
 }
 
 /// How the session ends after a write that did not complete.
-async fn end_after(conn: &mut Connection, node: &Node, error: WriteError) {
+async fn end_after(conn: &mut Connection, node: &Node, outbox: &Outbox, error: WriteError) {
+    // The hub stops writing through; a write that failed leaves the session
+    // with nothing the hub cut (it only cuts while the session is idle).
+    let _ = outbox.claim();
     match error {
         WriteError::Gone | WriteError::TimedOut => {}
         WriteError::Stalled => close_with(conn, close::TRY_AGAIN_LATER, "not reading").await,

@@ -69,14 +69,47 @@ pub async fn write_queued(
     staleness: Staleness,
 ) -> Result<usize, WriteError> {
     let mut batch = Batch::Empty;
-    let taken = outbox.pop_batch(BATCH, staleness, |item| batch.push(frame_for(item, node)));
+    let mut rest = None;
+    let taken = outbox.pop_batch(BATCH, staleness, |item| match item {
+        // Only ever first: the tail of a frame already partly sent.
+        Outgoing::Rest(bytes) => rest = Some(bytes),
+        Outgoing::Frame(frame) => batch.push(frame),
+        Outgoing::Lagged { missed } => batch.push(lag_notice(missed, node)),
+    });
     if taken.stale > 0 {
         node.metrics()
             .stale_frames
             .fetch_add(taken.stale, Ordering::Relaxed);
     }
+    if let Some(rest) = rest {
+        write_rest(conn, node, Some(outbox), &rest).await?;
+    }
     write_all(conn, node, Some(outbox), batch.frames()).await?;
     Ok(taken.items)
+}
+
+/// Before a write of the session's own (a ping, a status frame, the
+/// close): the hub stops writing through until [`Outbox::release`], and
+/// the tail of a frame it cut goes out first.
+pub async fn claim(conn: &mut Connection, node: &Node, outbox: &Outbox) -> Result<(), WriteError> {
+    match outbox.claim() {
+        Some(rest) => write_rest(conn, node, Some(outbox), &rest).await,
+        None => Ok(()),
+    }
+}
+
+/// The unsent tail of a frame the hub wrote in part, within the bounds.
+async fn write_rest(
+    conn: &mut Connection,
+    node: &Node,
+    outbox: Option<&Outbox>,
+    rest: &bytes::Bytes,
+) -> Result<(), WriteError> {
+    match conn.start_raw(rest) {
+        Ok(true) => Ok(()),
+        Ok(false) => Box::pin(finish(conn, node, outbox)).await,
+        Err(_) => Err(WriteError::Gone),
+    }
 }
 
 /// Fresh frames only: the rule while the node runs.
@@ -130,17 +163,12 @@ impl Batch {
     }
 }
 
-/// What the session writes for an outbox item.
-fn frame_for(item: Outgoing, node: &Node) -> Frame {
-    match item {
-        Outgoing::Frame(frame) => frame,
-        Outgoing::Lagged { missed } => {
-            node.metrics()
-                .lagged_notices
-                .fetch_add(1, Ordering::Relaxed);
-            frames::lagged(missed)
-        }
-    }
+/// The lag notice for `missed` frames, counted.
+fn lag_notice(missed: u64, node: &Node) -> Frame {
+    node.metrics()
+        .lagged_notices
+        .fetch_add(1, Ordering::Relaxed);
+    frames::lagged(missed)
 }
 
 /// At shutdown: writes everything queued for the socket, waiting for the
