@@ -10,9 +10,8 @@ use serde_json::value::RawValue;
 pub type Frame = bytes::Bytes;
 
 /// The WebSocket header (server side: unmasked, FIN, text) of a frame
-/// whose payload is `len` bytes, and how many of the 10 bytes it uses. The
-/// hub builds it once per publish for the frames it writes itself; the
-/// codec (`ws::codec::encode_header`) writes the same bytes.
+/// whose payload is `len` bytes, and how many of the 10 bytes it uses (see
+/// [`wire`]); the codec (`ws::codec::encode_header`) writes the same bytes.
 pub fn text_header(len: usize) -> ([u8; 10], usize) {
     let mut head = [0u8; 10];
     head[0] = 0x81;
@@ -29,6 +28,17 @@ pub fn text_header(len: usize) -> ([u8; 10], usize) {
         10
     };
     (head, used)
+}
+
+/// The whole WebSocket text frame for `payload`, header included, in one
+/// buffer: what the hub writes into idle sockets (one `write` each), built
+/// once per publish.
+pub fn wire(payload: &Frame) -> bytes::Bytes {
+    let (head, used) = text_header(payload.len());
+    let mut wire = Vec::with_capacity(used + payload.len());
+    wire.extend_from_slice(&head[..used]);
+    wire.extend_from_slice(payload);
+    bytes::Bytes::from(wire)
 }
 
 pub fn push(payload: &RawValue) -> Frame {

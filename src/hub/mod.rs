@@ -123,14 +123,9 @@ impl Hub {
             ..Delivery::default()
         };
         let stale_at = self.stale_at();
-        let (head, used) = crate::frames::text_header(frame.len());
+        let wire = crate::frames::wire(frame);
         for outbox in members.values() {
-            delivery.count(outbox.push(
-                frame.clone(),
-                &head[..used],
-                stale_at,
-                self.queue_capacity,
-            ));
+            delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
         }
         delivery
     }
@@ -139,16 +134,11 @@ impl Hub {
     pub fn deliver_all(&self, frame: &Frame) -> Delivery {
         let mut delivery = Delivery::default();
         let stale_at = self.stale_at();
-        let (head, used) = crate::frames::text_header(frame.len());
+        let wire = crate::frames::wire(frame);
         for members in self.topics.iter() {
             delivery.recipients += members.len();
             for outbox in members.values() {
-                delivery.count(outbox.push(
-                    frame.clone(),
-                    &head[..used],
-                    stale_at,
-                    self.queue_capacity,
-                ));
+                delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
             }
         }
         delivery
@@ -494,11 +484,8 @@ mod tests {
     }
 
     #[test]
-    fn the_tail_of_a_cut_frame() {
+    fn the_wire_form_is_header_then_payload() {
         let payload = Frame::from("abcdef".to_string());
-        let head = [0x81u8, 6];
-        assert_eq!(&outbox::tail(&head, &payload, 1)[..], b"\x06abcdef");
-        assert_eq!(&outbox::tail(&head, &payload, 2)[..], b"abcdef");
-        assert_eq!(&outbox::tail(&head, &payload, 5)[..], b"def");
+        assert_eq!(&crate::frames::wire(&payload)[..], b"\x81\x06abcdef");
     }
 }

@@ -13,7 +13,7 @@
 //! *Write-through.* Once the session has attached its socket and released
 //! it (after `auth_ok`), a push that finds the queue empty and the session
 //! not writing writes the frame into the socket itself: one non-blocking
-//! `writev` of the publish's header and the shared payload, under this
+//! `write` of the whole WebSocket frame (built once per publish), under this
 //! outbox's lock, and no task is woken. Only when the socket does not take
 //! it whole is the frame queued (or, after a short write, its unsent tail
 //! kept to go out first) and the session woken. Whoever writes holds the
@@ -21,7 +21,6 @@
 //! frames leave in the order they were pushed.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -115,11 +114,12 @@ impl Outbox {
 
     /// Queues a frame that goes stale at `stale_at` (the hub's capacity
     /// applies to every outbox), or writes it into the socket at once
-    /// (write-through, see the module text); `head` is its WebSocket header.
+    /// (write-through, see the module text); `wire` is the whole WebSocket
+    /// frame (header and payload, built once per publish).
     pub(super) fn push(
         &self,
-        frame: Frame,
-        head: &[u8],
+        frame: &Frame,
+        wire: &Bytes,
         stale_at: Instant,
         capacity: usize,
     ) -> Pushed {
@@ -127,14 +127,14 @@ impl Outbox {
         {
             let mut pending = self.lock();
             if let Some(socket) = pending.writable() {
-                match write_through(socket, head, &frame) {
-                    Ok(sent) if sent == head.len() + frame.len() => {
+                match socket.try_write(wire) {
+                    Ok(sent) if sent == wire.len() => {
                         pushed.written = true;
                         return pushed;
                     }
                     Ok(sent) => {
                         // Cut: the tail goes first, by the session.
-                        pending.rest = Some(Box::new(tail(head, &frame, sent)));
+                        pending.rest = Some(Box::new(wire.slice(sent..)));
                         drop(pending);
                         self.ready.notify_one();
                         return pushed;
@@ -148,7 +148,7 @@ impl Outbox {
                 pending.missed += 1;
                 pushed.dropped = true;
             }
-            pending.frames.push_back((frame, stale_at));
+            pending.frames.push_back((frame.clone(), stale_at));
         }
         self.ready.notify_one();
         pushed
@@ -281,20 +281,4 @@ impl Pending {
             _ => None,
         }
     }
-}
-
-/// One non-blocking vectored write of header + payload; how much went out.
-fn write_through(socket: &TcpStream, head: &[u8], payload: &[u8]) -> io::Result<usize> {
-    socket.try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)])
-}
-
-/// What is left of header + payload once `sent` bytes went out.
-pub(super) fn tail(head: &[u8], payload: &Bytes, sent: usize) -> Bytes {
-    if sent >= head.len() {
-        return payload.slice(sent - head.len()..);
-    }
-    let mut rest = Vec::with_capacity(head.len() - sent + payload.len());
-    rest.extend_from_slice(&head[sent..]);
-    rest.extend_from_slice(payload);
-    Bytes::from(rest)
 }
