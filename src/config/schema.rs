@@ -180,8 +180,9 @@ pub struct Limits {
     /// Frames queued for one socket before the oldest are dropped.
     #[serde(deserialize_with = "read::count_at_least_one")]
     pub socket_queue: usize,
-    /// A frame that waited longer than this in a socket's queue is dropped
-    /// instead of sent, and reported in the socket's next `lagged`.
+    /// A publish older than this (from when it was queued for fan-out),
+    /// still in the fan-out queue or in a socket's queue, is dropped instead
+    /// of sent, and reported in the socket's next `lagged`.
     #[serde(with = "go_duration")]
     pub max_frame_age: Duration,
     /// Upper bound of one internal API request.

@@ -7,8 +7,11 @@
 //! socket's own session task otherwise. A full outbox
 //! drops its *oldest* frame and counts it, so one slow socket costs a bounded
 //! amount of memory and never delays the publisher or any other socket.
-//! A frame that waited longer than `limits.max_frame_age` is dropped by the
-//! session's next pop and reported in the same `lagged` notice.
+//! A frame older than `limits.max_frame_age` (from when the dispatcher
+//! queued the publish) is dropped by the session's next pop and reported
+//! in the same `lagged` notice; a publish the dispatcher finds stale is not
+//! delivered but counted as missed by every socket of its topic
+//! ([`Hub::miss`]).
 //!
 //! The hub also keeps the per-node counts the status endpoint reports; the
 //! outbox itself is `outbox.rs`.
@@ -113,8 +116,15 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` for every socket on `topic`.
+    /// Queues `frame` for every socket on `topic`, accepted now.
     pub fn deliver(&self, topic: &str, frame: &Frame) -> Delivery {
+        self.deliver_accepted(topic, frame, Instant::now())
+    }
+
+    /// Queues `frame` for every socket on `topic`; it goes stale
+    /// `limits.max_frame_age` after `accepted` (when the node took the
+    /// publish), so its age counts from there, the fan-out queue included.
+    pub fn deliver_accepted(&self, topic: &str, frame: &Frame, accepted: Instant) -> Delivery {
         let Some(members) = self.topics.get(topic) else {
             return Delivery::default();
         };
@@ -122,7 +132,7 @@ impl Hub {
             recipients: members.len(),
             ..Delivery::default()
         };
-        let stale_at = self.stale_at();
+        let stale_at = self.stale_at(accepted);
         let wire = crate::frames::wire(frame);
         for outbox in members.values() {
             delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
@@ -132,8 +142,13 @@ impl Hub {
 
     /// Queues `frame` for every socket on this node (a notice for all).
     pub fn deliver_all(&self, frame: &Frame) -> Delivery {
+        self.deliver_all_accepted(frame, Instant::now())
+    }
+
+    /// [`deliver_all`](Self::deliver_all) for a frame accepted at `accepted`.
+    pub fn deliver_all_accepted(&self, frame: &Frame, accepted: Instant) -> Delivery {
         let mut delivery = Delivery::default();
-        let stale_at = self.stale_at();
+        let stale_at = self.stale_at(accepted);
         let wire = crate::frames::wire(frame);
         for members in self.topics.iter() {
             delivery.recipients += members.len();
@@ -144,10 +159,39 @@ impl Hub {
         delivery
     }
 
-    /// When a frame queued now goes stale (one clock read per publish).
-    fn stale_at(&self) -> Instant {
-        let now = Instant::now();
-        now.checked_add(self.max_frame_age).unwrap_or(now)
+    /// `n` publishes to `topic` that are not delivered (they went stale
+    /// before the fan-out took them) are counted as missed by every socket
+    /// on it, in its next lag notice; how many sockets that is.
+    pub fn miss(&self, topic: &str, n: u64) -> usize {
+        let Some(members) = self.topics.get(topic) else {
+            return 0;
+        };
+        for outbox in members.values() {
+            outbox.miss(n);
+        }
+        members.len()
+    }
+
+    /// [`miss`](Self::miss) for notices to every socket on this node.
+    pub fn miss_all(&self, n: u64) -> usize {
+        let mut sockets = 0;
+        for members in self.topics.iter() {
+            sockets += members.len();
+            for outbox in members.values() {
+                outbox.miss(n);
+            }
+        }
+        sockets
+    }
+
+    /// The age after which a publish is no longer delivered.
+    pub fn max_frame_age(&self) -> Duration {
+        self.max_frame_age
+    }
+
+    /// When a frame accepted at `accepted` goes stale.
+    fn stale_at(&self, accepted: Instant) -> Instant {
+        accepted.checked_add(self.max_frame_age).unwrap_or(accepted)
     }
 
     pub fn counts(&self) -> HubCounts {

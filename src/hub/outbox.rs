@@ -154,6 +154,23 @@ impl Outbox {
         pushed
     }
 
+    /// `n` publishes for this socket were not queued at all (they waited
+    /// too long in the fan-out queue): counted in the next lag notice,
+    /// which also stops write-through until the session has written it.
+    /// Wakes the session only when the count was zero (a waiting count is
+    /// already its wake-up).
+    pub(super) fn miss(&self, n: u64) {
+        let first = {
+            let mut pending = self.lock();
+            let first = pending.missed == 0;
+            pending.missed += n;
+            first
+        };
+        if first && n > 0 {
+            self.ready.notify_one();
+        }
+    }
+
     /// Gives the hub the socket for write-through; it is used once the
     /// session [`release`](Self::release)s it.
     pub fn attach(&self, socket: Arc<TcpStream>) {

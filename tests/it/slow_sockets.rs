@@ -231,6 +231,60 @@ async fn a_socket_that_fell_behind_gets_lagged_then_fresh_frames() {
     assert_eq!(counter(&metrics, "skywave_stalled_closes_total"), 0);
 }
 
+/// Publishes that waited longer than `limits.max_frame_age` (1 s) in the
+/// node's fan-out queue, before any socket's outbox, are not delivered at
+/// all: a socket that reads all along gets `{"type":"lagged","missed":n}`
+/// for exactly those, then the fresh publishes, in order (before the bound
+/// reached the fan-out queue, the whole backlog was written to it, however
+/// old). The test's runtime has one thread, which also runs the node's
+/// fan-out task: blocking it for 1.3 s after 20 publishes leaves them
+/// queued there, older than the bound.
+#[tokio::test]
+async fn publishes_that_went_stale_in_the_fanout_queue_are_reported_not_delivered() {
+    const OLD: u64 = 20;
+    const FRESH: u64 = 5;
+    let node = TestNode::start("").await;
+    node.register("backlog", false).await;
+    let mut ws = node.socket("backlog", 0).await;
+    node.wait_status(Duration::from_secs(5), "counted", |s| {
+        s["connected_sockets"] == 1
+    })
+    .await;
+    let publish = |seq: u64| {
+        let payload = RawValue::from_string(json!({ "seq": seq }).to_string()).expect("JSON");
+        node.node.publish("backlog".to_string(), payload)
+    };
+    // A fresh scheduling budget: the 20 publishes below do not give the
+    // fan-out task a turn.
+    tokio::task::yield_now().await;
+    for seq in 0..OLD {
+        publish(seq).await.expect("accepted");
+    }
+    std::thread::sleep(Duration::from_millis(1_300));
+    for seq in OLD..OLD + FRESH {
+        publish(seq).await.expect("accepted");
+    }
+    let first = ws.recv_json(Duration::from_secs(5)).await;
+    assert_eq!(
+        first,
+        Some(json!({"type": "lagged", "missed": OLD})),
+        "the stale backlog is reported first, none of it delivered"
+    );
+    for seq in OLD..OLD + FRESH {
+        ws.expect_push(&json!({ "seq": seq }), "fresh publishes follow, in order")
+            .await;
+    }
+    ws.expect_silence(Duration::from_millis(300), "nothing else")
+        .await;
+    let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+        .await
+        .1;
+    assert_eq!(counter(&metrics, "skywave_stale_frames_total"), OLD);
+    assert_eq!(counter(&metrics, "skywave_lagged_notices_total"), 1);
+    assert_eq!(counter(&metrics, "skywave_dropped_frames_total"), 0);
+    assert_eq!(counter(&metrics, "skywave_deliveries_total"), FRESH);
+}
+
 /// Pushes received until the last publish arrived (or 20 s of nothing),
 /// whether their `seq` ran 0, 1, 2… and what `lagged` notices reported
 /// missing. The newest frame is never dropped, so the last one arrives.
