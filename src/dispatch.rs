@@ -87,10 +87,10 @@ impl Misses {
     fn apply(self, hub: &Hub, metrics: &Metrics) {
         let mut stale = 0u64;
         for (topic, n) in self.topics {
-            stale += n * hub.miss(&topic, n) as u64;
+            stale += hub.miss(&topic, n);
         }
         if self.everyone > 0 {
-            stale += self.everyone * hub.miss_all(self.everyone) as u64;
+            stale += hub.miss_all(self.everyone);
         }
         if stale > 0 {
             metrics.stale_frames.fetch_add(stale, Ordering::Relaxed);
@@ -125,12 +125,18 @@ impl Dispatcher {
             // stamp in one order and queue in the other), so that frames
             // in an outbox go stale front first.
             let mut last: Option<Instant> = None;
-            let mut deliver = |queued: Queued| {
-                let accepted = last.map_or(queued.accepted, |last| last.max(queued.accepted));
-                last = Some(accepted);
+            let mut forward = move |mut queued: Queued| {
+                let at = last.map_or(queued.accepted, |last| last.max(queued.accepted));
+                last = Some(at);
+                queued.accepted = at;
+                queued
+            };
+            let deliver = |queued: Queued| {
                 let delivery = match queued.target {
-                    Target::Topic(topic) => hub.deliver_accepted(&topic, &queued.frame, accepted),
-                    Target::Everyone => hub.deliver_all_accepted(&queued.frame, accepted),
+                    Target::Topic(topic) => {
+                        hub.deliver_accepted(&topic, &queued.frame, queued.accepted)
+                    }
+                    Target::Everyone => hub.deliver_all_accepted(&queued.frame, queued.accepted),
                 };
                 metrics
                     .deliveries
@@ -149,7 +155,8 @@ impl Dispatcher {
                     next = rx.recv() => next,
                     _ = shutdown.cancelled() => None,
                 };
-                let Some(mut queued) = next else { break };
+                let Some(next) = next else { break };
+                let mut queued = forward(next);
                 // The run of publishes at the front that waited too long
                 // (bounded: whatever is queued after this clock read is
                 // fresh) is counted, not delivered, before the next fresh
@@ -168,7 +175,7 @@ impl Dispatcher {
                     }
                     misses.add(queued.target);
                     match rx.try_recv() {
-                        Ok(next) => queued = next,
+                        Ok(next) => queued = forward(next),
                         Err(_) => break,
                     }
                 }
@@ -189,7 +196,7 @@ impl Dispatcher {
                     );
                     break;
                 }
-                deliver(queued);
+                deliver(forward(queued));
                 tokio::task::yield_now().await;
             }
         };

@@ -161,27 +161,25 @@ impl Hub {
 
     /// `n` publishes to `topic` that are not delivered (they went stale
     /// before the fan-out took them) are counted as missed by every socket
-    /// on it, in its next lag notice; how many sockets that is.
-    pub fn miss(&self, topic: &str, n: u64) -> usize {
+    /// on it, in its next lag notice, with the (older, so stale) frames
+    /// still queued for it; how many frames that is in all.
+    pub fn miss(&self, topic: &str, n: u64) -> u64 {
         let Some(members) = self.topics.get(topic) else {
             return 0;
         };
-        for outbox in members.values() {
-            outbox.miss(n);
-        }
-        members.len()
+        members.values().map(|outbox| n + outbox.miss(n)).sum()
     }
 
     /// [`miss`](Self::miss) for notices to every socket on this node.
-    pub fn miss_all(&self, n: u64) -> usize {
-        let mut sockets = 0;
+    pub fn miss_all(&self, n: u64) -> u64 {
+        let mut frames = 0;
         for members in self.topics.iter() {
-            sockets += members.len();
-            for outbox in members.values() {
-                outbox.miss(n);
-            }
+            frames += members
+                .values()
+                .map(|outbox| n + outbox.miss(n))
+                .sum::<u64>();
         }
-        sockets
+        frames
     }
 
     /// The age after which a publish is no longer delivered.
@@ -423,6 +421,28 @@ mod tests {
             Some(Outgoing::Frame(frame("5")))
         );
         assert_eq!(s.outbox().pop(Staleness::DropAt(Instant::now())), None);
+    }
+
+    #[test]
+    fn a_missed_publish_takes_the_older_queued_frames_with_it() {
+        let hub = Hub::new(100);
+        let s = hub.subscribe("t", 1);
+        hub.deliver("t", &frame("0"));
+        hub.deliver("t", &frame("1"));
+        // 2 and 3 went stale before the fan-out took them: 0 and 1, older,
+        // must not come after the notice.
+        assert_eq!(hub.miss("t", 2), 4, "two publishes and two queued frames");
+        hub.deliver("t", &frame("4"));
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Lagged { missed: 4 })
+        );
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("4")))
+        );
+        assert_eq!(s.outbox().pop(Staleness::Keep), None);
+        assert_eq!(hub.miss("nobody", 3), 0);
     }
 
     #[tokio::test(start_paused = true)]

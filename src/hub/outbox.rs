@@ -157,18 +157,25 @@ impl Outbox {
     /// `n` publishes for this socket were not queued at all (they waited
     /// too long in the fan-out queue): counted in the next lag notice,
     /// which also stops write-through until the session has written it.
-    /// Wakes the session only when the count was zero (a waiting count is
-    /// already its wake-up).
-    pub(super) fn miss(&self, n: u64) {
-        let first = {
+    /// The frames still queued are older than those publishes, so stale
+    /// too: they are dropped now and counted in the same notice (else a pop
+    /// that read the clock a moment earlier could hand them out after the
+    /// notice, out of order). Returns how many were. Wakes the session
+    /// only when the count was zero (a waiting count is already its
+    /// wake-up).
+    pub(super) fn miss(&self, n: u64) -> u64 {
+        let (first, queued) = {
             let mut pending = self.lock();
             let first = pending.missed == 0;
-            pending.missed += n;
-            first
+            let queued = pending.frames.len() as u64;
+            pending.frames.clear();
+            pending.missed += n + queued;
+            (first, queued)
         };
-        if first && n > 0 {
+        if first && n + queued > 0 {
             self.ready.notify_one();
         }
+        queued
     }
 
     /// Gives the hub the socket for write-through; it is used once the

@@ -89,6 +89,17 @@ pub async fn overload(
         .iter()
         .filter(|s| s.pushes + s.missed == accepted && s.out_of_order == 0)
         .count();
+    // What the first few sockets that do not account for everything saw.
+    for s in seen
+        .iter()
+        .filter(|s| s.pushes + s.missed != accepted || s.out_of_order > 0)
+        .take(3)
+    {
+        println!(
+            "overload: unaccounted socket: {} pushes + {} missed of {accepted}, {} out of order, {} notices",
+            s.pushes, s.missed, s.out_of_order, s.lag_notices
+        );
+    }
     let pushes: u64 = seen.iter().map(|s| s.pushes).sum();
     let missed: u64 = seen.iter().map(|s| s.missed).sum();
     let notices: u64 = seen.iter().map(|s| s.lag_notices).sum();
