@@ -258,6 +258,11 @@ impl Subscription {
     pub fn topic(&self) -> &str {
         &self.topic
     }
+
+    /// The topic's name as the hub keeps it, shared by its sockets.
+    pub fn shared_topic(&self) -> Arc<str> {
+        Arc::clone(&self.topic)
+    }
 }
 
 impl Drop for Subscription {
@@ -437,6 +442,14 @@ mod tests {
             Some(Outgoing::Frame(frame("5")))
         );
         assert_eq!(s.outbox().pop(Staleness::DropAt(Instant::now())), None);
+    }
+
+    #[test]
+    fn an_outbox_stays_small() {
+        // One per socket, idle or not: with its Arc's counts, 96 bytes (a
+        // jemalloc size class); a regression guard.
+        let size = std::mem::size_of::<Outbox>();
+        assert!(size <= 80, "the outbox grew to {size} bytes");
     }
 
     #[test]

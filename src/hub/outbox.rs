@@ -22,10 +22,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Frame;
@@ -33,14 +33,15 @@ use super::Frame;
 /// The bounded queue between the hub and one socket's session task.
 pub struct Outbox {
     queue: Mutex<Pending>,
-    ready: Notify,
 }
 
 struct Pending {
     /// Each frame with the moment it goes stale.
     frames: VecDeque<(Frame, Instant)>,
     /// Frames dropped since the session last took the count.
-    missed: u64,
+    /// (32 bits, saturating: with the flags below it keeps an idle
+    /// socket's outbox in a 96-byte allocation.)
+    missed: u32,
     /// What the socket did not take of a frame the hub wrote: it goes out
     /// before anything else (boxed: rare, and an idle socket pays 8 bytes).
     rest: Option<Box<Bytes>>,
@@ -49,6 +50,12 @@ struct Pending {
     /// The session is writing, or has not released the socket yet: the hub
     /// only queues.
     busy: bool,
+    /// Something was queued (or is to be written) since the session last
+    /// looked: [`Outbox::ready`] resolves at once. With `waker`, the
+    /// session's wake-up, kept under the same lock (a `Notify` and its
+    /// `Notified` future would cost an idle socket ~100 bytes more).
+    notified: bool,
+    waker: Option<Waker>,
 }
 
 /// What one push did.
@@ -100,8 +107,9 @@ impl Outbox {
                 rest: None,
                 socket: None,
                 busy: true,
+                notified: false,
+                waker: None,
             }),
-            ready: Notify::new(),
         }
     }
 
@@ -124,7 +132,7 @@ impl Outbox {
         capacity: usize,
     ) -> Pushed {
         let mut pushed = Pushed::default();
-        {
+        let waker = {
             let mut pending = self.lock();
             if let Some(socket) = pending.writable() {
                 match socket.try_write(wire) {
@@ -135,8 +143,9 @@ impl Outbox {
                     Ok(sent) => {
                         // Cut: the tail goes first, by the session.
                         pending.rest = Some(Box::new(wire.slice(sent..)));
+                        let waker = pending.notify();
                         drop(pending);
-                        self.ready.notify_one();
+                        wake(waker);
                         return pushed;
                     }
                     // Full (or failed: the session finds out itself).
@@ -145,12 +154,13 @@ impl Outbox {
             }
             if pending.frames.len() >= capacity {
                 pending.frames.pop_front();
-                pending.missed += 1;
+                pending.add_missed(1);
                 pushed.dropped = true;
             }
             pending.frames.push_back((frame.clone(), stale_at));
-        }
-        self.ready.notify_one();
+            pending.notify()
+        };
+        wake(waker);
         pushed
     }
 
@@ -164,17 +174,20 @@ impl Outbox {
     /// only when the count was zero (a waiting count is already its
     /// wake-up).
     pub(super) fn miss(&self, n: u64) -> u64 {
-        let (first, queued) = {
+        let (waker, queued) = {
             let mut pending = self.lock();
             let first = pending.missed == 0;
             let queued = pending.frames.len() as u64;
             pending.frames.clear();
-            pending.missed += n + queued;
-            (first, queued)
+            pending.add_missed(n + queued);
+            let waker = if first && n + queued > 0 {
+                pending.notify()
+            } else {
+                None
+            };
+            (waker, queued)
         };
-        if first && n + queued > 0 {
-            self.ready.notify_one();
-        }
+        wake(waker);
         queued
     }
 
@@ -198,14 +211,18 @@ impl Outbox {
     /// (it only does when nothing is queued; if something is, the session
     /// is woken to write it).
     pub fn release(&self) {
-        let waiting = {
+        let waker = {
             let mut pending = self.lock();
             pending.busy = false;
-            !pending.frames.is_empty() || pending.missed > 0 || pending.rest.is_some()
+            let waiting =
+                !pending.frames.is_empty() || pending.missed > 0 || pending.rest.is_some();
+            if waiting {
+                pending.notify()
+            } else {
+                None
+            }
         };
-        if waiting {
-            self.ready.notify_one();
-        }
+        wake(waker);
     }
 
     /// The next thing to write, if any: a lag notice first when frames were
@@ -240,10 +257,10 @@ impl Outbox {
                 pending.frames.pop_front();
                 taken.stale += 1;
             }
-            pending.missed += taken.stale;
+            pending.add_missed(taken.stale);
         }
         if pending.missed > 0 {
-            let missed = std::mem::take(&mut pending.missed);
+            let missed = u64::from(std::mem::take(&mut pending.missed));
             each(Outgoing::Lagged { missed });
             taken.items += 1;
         }
@@ -266,7 +283,22 @@ impl Outbox {
 
     /// Resolves when frames were queued since the last call (cancel-safe).
     pub async fn ready(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await;
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut pending = self.lock();
+        if std::mem::take(&mut pending.notified) {
+            return Poll::Ready(());
+        }
+        if !pending
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            pending.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// True while the hub would write a push into the socket itself.
@@ -289,7 +321,26 @@ impl Outbox {
     }
 }
 
+/// Wakes the session outside the lock.
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Pending {
+    /// Marks the outbox ready; the session's waker, to wake once the lock
+    /// is released.
+    fn add_missed(&mut self, n: u64) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.missed = self.missed.saturating_add(n);
+    }
+
+    fn notify(&mut self) -> Option<Waker> {
+        self.notified = true;
+        self.waker.take()
+    }
+
     /// The socket, if a push may go into it now: attached, released by the
     /// session, nothing queued or cut before it, no loss to report first.
     fn writable(&self) -> Option<&TcpStream> {
