@@ -187,9 +187,9 @@ fn query_value(query: Option<&str>, name: &str) -> Option<String> {
 pub(crate) fn session_future_for_size(node: Arc<Node>) -> impl std::future::Future<Output = ()> {
     let admissions = limits::Admissions::new(&node.config().limits);
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let admission = admissions.admit(client).ok().expect("admitted");
+    let admission = admissions.admit(client).expect("admitted");
     session::run(
-        hyper::upgrade::on(&mut axum::http::Request::new(())),
+        hyper::upgrade::on(axum::http::Request::new(())),
         node,
         "t".to_string(),
         crate::registry::TopicMeta::default(),
