@@ -125,25 +125,9 @@ impl Hub {
     /// `limits.max_frame_age` after `accepted` (when the node took the
     /// publish), so its age counts from there, the fan-out queue included.
     pub fn deliver_accepted(&self, topic: &str, frame: &Frame, accepted: Instant) -> Delivery {
-        self.deliver_small(topic, frame, accepted, usize::MAX)
-            .unwrap_or_default()
-    }
-
-    /// [`deliver_accepted`](Self::deliver_accepted) if `topic` has at most
-    /// `max` sockets here (none: nothing to do); `None` if it has more.
-    pub fn deliver_small(
-        &self,
-        topic: &str,
-        frame: &Frame,
-        accepted: Instant,
-        max: usize,
-    ) -> Option<Delivery> {
         let Some(members) = self.topics.get(topic) else {
-            return Some(Delivery::default());
+            return Delivery::default();
         };
-        if members.len() > max {
-            return None;
-        }
         let mut delivery = Delivery {
             recipients: members.len(),
             ..Delivery::default()
@@ -153,7 +137,7 @@ impl Hub {
         for outbox in members.values() {
             delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
         }
-        Some(delivery)
+        delivery
     }
 
     /// Queues `frame` for every socket on this node (a notice for all).
