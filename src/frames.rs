@@ -9,6 +9,38 @@ use serde_json::value::RawValue;
 /// One encoded WebSocket text message (UTF-8 JSON), shared by every recipient.
 pub type Frame = bytes::Bytes;
 
+/// The WebSocket header (server side: unmasked, FIN, text) of a frame
+/// whose payload is `len` bytes, and how many of the 10 bytes it uses (see
+/// [`wire`]); the codec (`ws::codec::encode_header`) writes the same bytes.
+pub fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut head = [0u8; 10];
+    head[0] = 0x81;
+    let used = if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (head, used)
+}
+
+/// The whole WebSocket text frame for `payload`, header included, in one
+/// buffer: what the hub writes into idle sockets (one `write` each), built
+/// once per publish.
+pub fn wire(payload: &Frame) -> bytes::Bytes {
+    let (head, used) = text_header(payload.len());
+    let mut wire = Vec::with_capacity(used + payload.len());
+    wire.extend_from_slice(&head[..used]);
+    wire.extend_from_slice(payload);
+    bytes::Bytes::from(wire)
+}
+
 pub fn push(payload: &RawValue) -> Frame {
     let payload = payload.get();
     let mut text = String::with_capacity(payload.len() + 28);

@@ -6,6 +6,7 @@
 //! non-loopback targets and stops by itself.
 
 mod failures;
+mod floor;
 mod measure;
 mod proto;
 mod scenario;
@@ -77,6 +78,45 @@ enum Scenario {
         duration: u64,
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
+        /// Also run the floor with the same receivers, rate and frame size
+        /// (floor first, then the server, `--rounds` times alternately) and
+        /// print server CPU per delivery / floor.
+        #[arg(long)]
+        floor: bool,
+        /// Floor/server pairs to run with `--floor`.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
+    /// The floor alone: the fan-out's receivers fed by a plain sender
+    /// process, one non-blocking write(2) per socket per burst; its CPU per write.
+    Floor {
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
+        /// Bursts per second (all topics together).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
+    /// The floor's sender (started by `floor`; not for direct use).
+    #[command(hide = true)]
+    FloorSender {
+        #[arg(long)]
+        sockets: usize,
+        #[arg(long)]
+        topics: usize,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long)]
+        payload_bytes: usize,
+        #[arg(long)]
+        epoch_ns: u64,
     },
     /// Two nodes via Redis: sockets split across them, publishes to the first.
     Cluster {
@@ -150,6 +190,19 @@ enum Scenario {
         /// Publishes per second; 0 publishes back-to-back.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+    },
+    /// Publishes to one topic back-to-back, as fast as accepted, every
+    /// socket reading: is every loss reported by `lagged`, how fresh are the
+    /// delivered frames, does RSS stay bounded.
+    Overload {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 5_000)]
+        publishes: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
     },
     /// A few seconds of each scenario at small N against a server this
     /// command starts itself; exits non-zero unless every delivery arrived.
@@ -236,17 +289,61 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             rate,
             duration,
             payload_bytes,
+            floor,
+            rounds,
         } => {
             let targets = vec![target(t)?];
-            fanout(
-                targets,
-                bounded(sockets)?,
-                topics,
-                rate,
-                duration,
-                payload_bytes,
-            )
-            .await
+            let sockets = bounded(sockets)?;
+            let duration = Duration::from_secs(duration.min(600));
+            if floor {
+                compare(
+                    &targets[0],
+                    sockets,
+                    topics,
+                    rate,
+                    duration,
+                    payload_bytes,
+                    rounds.clamp(1, 10),
+                )
+                .await
+            } else {
+                scenario::fanout(&targets, sockets, topics, rate, duration, payload_bytes).await
+            }
+        }
+        Scenario::Floor {
+            sockets,
+            topics,
+            rate,
+            duration,
+            payload_bytes,
+        } => Ok(floor::floor(
+            bounded(sockets)?,
+            topics,
+            rate,
+            Duration::from_secs(duration.min(600)),
+            payload_bytes.min(512 * 1024),
+        )
+        .await?
+        .0),
+        Scenario::FloorSender {
+            sockets,
+            topics,
+            rate,
+            duration_ms,
+            payload_bytes,
+            epoch_ns,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                floor::sender(
+                    sockets,
+                    topics,
+                    rate,
+                    Duration::from_millis(duration_ms.min(600_000)),
+                    payload_bytes,
+                    epoch_ns,
+                )
+            })
+            .await?
         }
         Scenario::Cluster {
             nodes,
@@ -327,8 +424,100 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             )
             .await
         }
+        Scenario::Overload {
+            target: t,
+            sockets,
+            publishes,
+            payload_bytes,
+        } => {
+            failures::overload(
+                &target(t)?,
+                bounded(sockets)?,
+                publishes.min(1_000_000),
+                payload_bytes.min(512 * 1024),
+            )
+            .await
+        }
         Scenario::Smoke { server_bin } => smoke(&server_bin).await,
     }
+}
+
+/// Floor, then the server, `rounds` times, with the same receivers, rate
+/// and frame size; prints server CPU per delivery / floor of each pair.
+async fn compare(
+    target: &Target,
+    sockets: usize,
+    topics: usize,
+    rate: f64,
+    duration: Duration,
+    payload_bytes: usize,
+    rounds: usize,
+) -> Result<serde_json::Value> {
+    let mut pairs = Vec::new();
+    let mut ratios = Vec::new();
+    let mut lines = Vec::new();
+    for round in 1..=rounds {
+        let (floor_json, floor) =
+            floor::floor(sockets, topics, rate, duration, payload_bytes).await?;
+        let server = scenario::fanout(
+            std::slice::from_ref(target),
+            sockets,
+            topics,
+            rate,
+            duration,
+            payload_bytes,
+        )
+        .await?;
+        let node = &server["nodes"][0];
+        let per_delivery = node["cpu_us_per_delivery"].as_f64();
+        let p99 = node["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        let ratio = per_delivery.map(|per| per / floor.cpu_us_per_write);
+        let line = match (per_delivery, ratio) {
+            (Some(per), Some(ratio)) => format!(
+                "round {round}: server CPU per delivery / floor = {per:.2} µs / {:.2} µs = {ratio:.2}×; receive p99 {p99:.2} ms (floor {:.2} ms)",
+                floor.cpu_us_per_write, floor.p99_ms
+            ),
+            _ => format!(
+                "round {round}: floor {:.2} µs per write; no server CPU figure (give --server-pid)",
+                floor.cpu_us_per_write
+            ),
+        };
+        println!("fanout {line}");
+        lines.push(line);
+        ratios.extend(ratio);
+        pairs.push(serde_json::json!({"floor": floor_json, "server": server, "cpu_ratio": ratio}));
+    }
+    for line in &lines {
+        println!("compare {line}");
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied();
+    if let Some(median) = median {
+        println!(
+            "compare: server CPU per delivery / floor over {rounds} round(s): median {median:.2}×"
+        );
+    }
+    let floor_us: Vec<_> = pairs
+        .iter()
+        .map(|p| p["floor"]["cpu_us_per_write"].clone())
+        .collect();
+    let server_us: Vec<_> = pairs
+        .iter()
+        .map(|p| p["server"]["nodes"][0]["cpu_us_per_delivery"].clone())
+        .collect();
+    let server_p99_ms: Vec<_> = pairs
+        .iter()
+        .map(|p| p["server"]["nodes"][0]["latency"]["p99_ms"].clone())
+        .collect();
+    let complete = pairs
+        .iter()
+        .all(|p| p["floor"]["complete"] == true && p["server"]["complete"] == true);
+    Ok(serde_json::json!({
+        "scenario": "compare", "sockets": sockets, "topics": topics, "rate": rate,
+        "floor_us_per_write": floor_us, "server_us_per_delivery": server_us,
+        "server_p99_ms": server_p99_ms, "complete": complete,
+        "cpu_ratios": ratios, "median_cpu_ratio": median, "rounds": pairs,
+    }))
 }
 
 async fn fanout(
@@ -394,15 +583,18 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let idle = scenario::idle(&target, 200, 4, Duration::ZERO).await?;
-    let fanout = scenario::fanout(
-        std::slice::from_ref(&target),
-        200,
-        4,
-        50.0,
-        Duration::from_secs(2),
-        100,
-    )
-    .await?;
+    // The floor, then the same fan-out through the server: both complete.
+    let compared = compare(&target, 200, 4, 50.0, Duration::from_secs(2), 100, 1).await?;
+    let floor = compared["rounds"][0]["floor"].clone();
+    let fanout = compared["rounds"][0]["server"].clone();
+    if floor["complete"] != true {
+        bail!("smoke: the floor sender's frames did not all arrive in order: {floor}");
+    }
+    // The overload policy: every frame a socket did not get is reported.
+    let overload = failures::overload(&target, 200, 4_000, 1_000).await?;
+    if overload["all_accounted"] != true {
+        bail!("smoke: under overload a socket lost frames no lagged notice reported: {overload}");
+    }
     let churn = scenario::churn(&target, 500, 16).await?;
     let mass_close = scenario::mass_close(&target, 300, 100).await?;
     // Last: it ends the server.
@@ -420,7 +612,8 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     }
     println!("smoke: every scenario ran, every delivery arrived in order");
     Ok(serde_json::json!({
-        "scenario": "smoke", "idle": idle, "fanout": fanout, "churn": churn,
+        "scenario": "smoke", "idle": idle, "floor": floor, "fanout": fanout,
+        "cpu_ratio": compared["median_cpu_ratio"], "overload": overload, "churn": churn,
         "mass_close": mass_close, "sigterm": sigterm,
     }))
 }

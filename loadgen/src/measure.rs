@@ -97,3 +97,74 @@ impl Percentiles {
         })
     }
 }
+
+/// CPU time and context switches of one thread (or their difference).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub user: Duration,
+    pub system: Duration,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+}
+
+impl Usage {
+    /// What was used between `earlier` and this reading.
+    pub fn since(&self, earlier: Usage) -> Usage {
+        Usage {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(earlier.voluntary_switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(earlier.involuntary_switches),
+        }
+    }
+}
+
+/// The calling thread's own usage: `getrusage(RUSAGE_THREAD)` (µs
+/// resolution, where `/proc/<pid>/stat` counts clock ticks).
+#[allow(unsafe_code)]
+pub fn thread_usage() -> Result<Usage> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `struct rusage` through the pointer,
+    // which points to enough (zeroed) memory for one; RUSAGE_THREAD is a
+    // valid `who` on Linux.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_THREAD)");
+    }
+    // SAFETY: getrusage returned 0, so it filled the struct (and it was
+    // zeroed before, so every field is initialized either way).
+    let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok(Usage {
+        user: time(usage.ru_utime),
+        system: time(usage.ru_stime),
+        voluntary_switches: usage.ru_nvcsw.max(0) as u64,
+        involuntary_switches: usage.ru_nivcsw.max(0) as u64,
+    })
+}
+
+/// Voluntary + involuntary context switches of every thread of `pid` so
+/// far (from `/proc/<pid>/task/*/status`; threads that ended are not counted).
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("read /proc/<pid>/task")? {
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(value) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += value.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}

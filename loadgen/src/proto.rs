@@ -52,6 +52,14 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// A receiver on a plain TCP stream (the floor scenario's sender speaks
+    /// no handshake: frames start at once).
+    pub fn raw(stream: TcpStream) -> Browser {
+        Browser {
+            stream: BufReader::with_capacity(1024, stream),
+        }
+    }
+
     /// Connects, upgrades and authenticates; returns once `auth_ok` arrived.
     pub async fn open(target: SocketAddr, topic: &str, token: &str) -> Result<Browser> {
         let mut stream = connect(target).await?;

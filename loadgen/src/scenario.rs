@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::measure::{cpu_time, rss_kib, Percentiles};
+use crate::measure::{context_switches, cpu_time, rss_kib, Percentiles};
 use crate::proto::{token, unix_now, Browser, Publisher};
 
 /// One server under test.
@@ -188,12 +188,12 @@ pub async fn idle(
 }
 
 /// Where receivers record what arrived.
-struct Received {
-    node: usize,
-    topic: usize,
-    count: u64,
-    out_of_order: u64,
-    latencies_us: Vec<u64>,
+pub(crate) struct Received {
+    pub(crate) node: usize,
+    pub(crate) topic: usize,
+    pub(crate) count: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) latencies_us: Vec<u64>,
 }
 
 /// Fan-out: `sockets` spread over `topic_count` topics (and over the nodes in
@@ -237,6 +237,10 @@ pub async fn fanout(
         .iter()
         .map(|t| t.pid.and_then(|p| cpu_time(p).ok()))
         .collect();
+    let switches_before: Vec<Option<u64>> = targets
+        .iter()
+        .map(|t| t.pid.and_then(|p| context_switches(p).ok()))
+        .collect();
     // The publisher runs on a thread of its own, so its call latency is not
     // inflated by the receivers sharing this process's runtime.
     let publish_run = PublishRun {
@@ -272,6 +276,14 @@ pub async fn fanout(
         .iter()
         .map(|t| t.pid.and_then(|p| cpu_time(p).ok()))
         .collect();
+    let switches: Vec<Option<u64>> = targets
+        .iter()
+        .zip(&switches_before)
+        .map(|(t, before)| {
+            let after = t.pid.and_then(|p| context_switches(p).ok())?;
+            Some(after.saturating_sub((*before)?))
+        })
+        .collect();
     for browser in browsers {
         browser.close().await;
     }
@@ -279,7 +291,8 @@ pub async fn fanout(
         let mut status = Publisher::new(target.internal, &target.secret);
         wait_sockets(&mut status, base, Duration::from_secs(30)).await?;
     }
-    summarize(
+    let published: u64 = expected.iter().sum();
+    let mut summary = summarize(
         targets,
         &topics,
         &expected,
@@ -291,7 +304,17 @@ pub async fn fanout(
         failures,
         rate,
         per_node,
-    )
+    )?;
+    for (n, switches) in switches.into_iter().enumerate() {
+        let Some(switches) = switches else { continue };
+        let per_publish = switches as f64 / published.max(1) as f64;
+        println!(
+            "fanout node {n}: {switches} context switches of the server's threads = {per_publish:.2} per publish"
+        );
+        summary["nodes"][n]["context_switches"] = json!(switches);
+        summary["nodes"][n]["context_switches_per_publish"] = json!(per_publish);
+    }
+    Ok(summary)
 }
 
 /// One publisher at a fixed rate, round-robin over the topics; each payload
@@ -350,9 +373,9 @@ impl PublishRun {
 
 /// Set once publishing is over: how many publishes each topic got, and
 /// until when receivers may wait for the rest.
-type Finish = Arc<std::sync::OnceLock<(Vec<u64>, Instant)>>;
+pub(crate) type Finish = Arc<std::sync::OnceLock<(Vec<u64>, Instant)>>;
 
-async fn receive(
+pub(crate) async fn receive(
     mut browser: Browser,
     node: usize,
     topic: usize,

@@ -25,6 +25,7 @@ pub use nats_url::{redact_nats_url, NatsAuth, NatsTarget};
 pub use redis_url::{normalize_redis_url, redact_url, Credentials, RedisTarget};
 pub use schema::{
     ClusterPubsub, Config, Limits, LogFormat, NatsSettings, RedisSettings, RosterSettings,
+    DEFAULT_MAX_FRAME_AGE,
 };
 pub use secret::Secret;
 

@@ -241,6 +241,11 @@ pub struct Limits {
     /// Frames queued for one socket before the oldest are dropped.
     #[serde(deserialize_with = "read::count_at_least_one")]
     pub socket_queue: usize,
+    /// A publish older than this (from when it was queued for fan-out),
+    /// still in the fan-out queue or in a socket's queue, is dropped instead
+    /// of sent, and reported in the socket's next `lagged`.
+    #[serde(with = "go_duration")]
+    pub max_frame_age: Duration,
     /// Upper bound of one internal API request.
     #[serde(with = "go_duration")]
     pub request_timeout: Duration,
@@ -289,6 +294,9 @@ impl Default for RedisSettings {
     }
 }
 
+/// `limits.max_frame_age` when not configured.
+pub const DEFAULT_MAX_FRAME_AGE: Duration = Duration::from_secs(1);
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -302,6 +310,7 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             max_topic_length: 1024,
             socket_queue: 256,
+            max_frame_age: DEFAULT_MAX_FRAME_AGE,
             request_timeout: Duration::from_secs(10),
         }
     }

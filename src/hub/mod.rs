@@ -1,10 +1,17 @@
 //! Local fan-out: topic -> the sockets subscribed to it on this node.
 //!
-//! The hub never awaits and never does I/O. A publish is one shared frame
-//! (`Frame`, a reference-counted buffer) pushed into each subscriber's
-//! [`Outbox`]; the socket's own session task writes it out. A full outbox
+//! The hub never awaits. A publish is one shared frame (`Frame`, a
+//! reference-counted buffer) handed to each subscriber's [`Outbox`]: written
+//! straight into the socket when the socket is idle and takes it whole (one
+//! non-blocking `writev`, no task woken: write-through), queued for the
+//! socket's own session task otherwise. A full outbox
 //! drops its *oldest* frame and counts it, so one slow socket costs a bounded
 //! amount of memory and never delays the publisher or any other socket.
+//! A frame older than `limits.max_frame_age` (from when the dispatcher
+//! queued the publish) is dropped by the session's next pop and reported
+//! in the same `lagged` notice; a publish the dispatcher finds stale is not
+//! delivered but counted as missed by every socket of its topic
+//! ([`Hub::miss`]).
 //!
 //! The hub also keeps the per-node counts the status endpoint reports; the
 //! outbox itself is `outbox.rs`.
@@ -14,10 +21,12 @@ mod outbox;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::time::Instant;
 
-pub use self::outbox::{Outbox, Outgoing};
+pub use self::outbox::{Outbox, Outgoing, Pushed, Staleness, Taken};
 pub use crate::frames::Frame;
 
 pub struct Hub {
@@ -27,7 +36,10 @@ pub struct Hub {
     anonymous: AtomicUsize,
     next_id: AtomicU64,
     queue_capacity: usize,
+    max_frame_age: Duration,
 }
+
+pub use crate::config::DEFAULT_MAX_FRAME_AGE;
 
 /// The counts `/internal/status` reports for this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,10 +55,27 @@ pub struct Delivery {
     pub recipients: usize,
     /// Older frames pushed out of full outboxes by this delivery.
     pub dropped: usize,
+    /// Recipients the frame was written to directly (write-through), no
+    /// session woken.
+    pub written: usize,
+}
+
+impl Delivery {
+    fn count(&mut self, pushed: Pushed) {
+        self.dropped += usize::from(pushed.dropped);
+        self.written += usize::from(pushed.written);
+    }
 }
 
 impl Hub {
+    /// A hub whose frames go stale after [`DEFAULT_MAX_FRAME_AGE`].
     pub fn new(queue_capacity: usize) -> Arc<Self> {
+        Self::with_limits(queue_capacity, DEFAULT_MAX_FRAME_AGE)
+    }
+
+    /// Outboxes of `queue_capacity` frames, each dropped once it waited
+    /// `max_frame_age` (see [`Outbox::pop_batch`]).
+    pub fn with_limits(queue_capacity: usize, max_frame_age: Duration) -> Arc<Self> {
         Arc::new(Hub {
             topics: DashMap::new(),
             users: DashMap::new(),
@@ -54,6 +83,8 @@ impl Hub {
             anonymous: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            // A year is "never" and keeps the deadline arithmetic in range.
+            max_frame_age: max_frame_age.min(Duration::from_secs(365 * 86_400)),
         })
     }
 
@@ -85,35 +116,80 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` for every socket on `topic`.
+    /// Queues `frame` for every socket on `topic`, accepted now.
     pub fn deliver(&self, topic: &str, frame: &Frame) -> Delivery {
+        self.deliver_accepted(topic, frame, Instant::now())
+    }
+
+    /// Queues `frame` for every socket on `topic`; it goes stale
+    /// `limits.max_frame_age` after `accepted` (when the node took the
+    /// publish), so its age counts from there, the fan-out queue included.
+    pub fn deliver_accepted(&self, topic: &str, frame: &Frame, accepted: Instant) -> Delivery {
         let Some(members) = self.topics.get(topic) else {
             return Delivery::default();
         };
         let mut delivery = Delivery {
             recipients: members.len(),
-            dropped: 0,
+            ..Delivery::default()
         };
+        let stale_at = self.stale_at(accepted);
+        let wire = crate::frames::wire(frame);
         for outbox in members.values() {
-            if outbox.push(frame.clone(), self.queue_capacity) {
-                delivery.dropped += 1;
-            }
+            delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
         }
         delivery
     }
 
     /// Queues `frame` for every socket on this node (a notice for all).
     pub fn deliver_all(&self, frame: &Frame) -> Delivery {
+        self.deliver_all_accepted(frame, Instant::now())
+    }
+
+    /// [`deliver_all`](Self::deliver_all) for a frame accepted at `accepted`.
+    pub fn deliver_all_accepted(&self, frame: &Frame, accepted: Instant) -> Delivery {
         let mut delivery = Delivery::default();
+        let stale_at = self.stale_at(accepted);
+        let wire = crate::frames::wire(frame);
         for members in self.topics.iter() {
             delivery.recipients += members.len();
             for outbox in members.values() {
-                if outbox.push(frame.clone(), self.queue_capacity) {
-                    delivery.dropped += 1;
-                }
+                delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
             }
         }
         delivery
+    }
+
+    /// `n` publishes to `topic` that are not delivered (they went stale
+    /// before the fan-out took them) are counted as missed by every socket
+    /// on it, in its next lag notice, with the (older, so stale) frames
+    /// still queued for it; how many frames that is in all.
+    pub fn miss(&self, topic: &str, n: u64) -> u64 {
+        let Some(members) = self.topics.get(topic) else {
+            return 0;
+        };
+        members.values().map(|outbox| n + outbox.miss(n)).sum()
+    }
+
+    /// [`miss`](Self::miss) for notices to every socket on this node.
+    pub fn miss_all(&self, n: u64) -> u64 {
+        let mut frames = 0;
+        for members in self.topics.iter() {
+            frames += members
+                .values()
+                .map(|outbox| n + outbox.miss(n))
+                .sum::<u64>();
+        }
+        frames
+    }
+
+    /// The age after which a publish is no longer delivered.
+    pub fn max_frame_age(&self) -> Duration {
+        self.max_frame_age
+    }
+
+    /// When a frame accepted at `accepted` goes stale.
+    fn stale_at(&self, accepted: Instant) -> Instant {
+        accepted.checked_add(self.max_frame_age).unwrap_or(accepted)
     }
 
     pub fn counts(&self) -> HubCounts {
@@ -165,6 +241,11 @@ impl Subscription {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The topic's name as the hub keeps it, shared by its sockets.
+    pub fn shared_topic(&self) -> Arc<str> {
+        Arc::clone(&self.topic)
     }
 }
 
@@ -222,7 +303,7 @@ mod tests {
         let f = frame("{\"type\":\"push\",\"payload\":1}");
         assert_eq!(hub.deliver("t", &f).recipients, 2);
         for s in [&s1, &s2] {
-            match s.outbox().pop() {
+            match s.outbox().pop(Staleness::Keep) {
                 Some(Outgoing::Frame(got)) => {
                     assert_eq!(got.as_ptr(), f.as_ptr())
                 }
@@ -243,12 +324,18 @@ mod tests {
         }
         assert_eq!(dropped, 2);
         assert!(s.outbox().is_lagging());
-        assert_eq!(s.outbox().pop(), Some(Outgoing::Lagged { missed: 2 }));
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Lagged { missed: 2 })
+        );
         assert!(!s.outbox().is_lagging(), "reported once");
         for want in ["2", "3", "4"] {
-            assert_eq!(s.outbox().pop(), Some(Outgoing::Frame(frame(want))));
+            assert_eq!(
+                s.outbox().pop(Staleness::Keep),
+                Some(Outgoing::Frame(frame(want)))
+            );
         }
-        assert_eq!(s.outbox().pop(), None);
+        assert_eq!(s.outbox().pop(Staleness::Keep), None);
     }
 
     #[test]
@@ -259,7 +346,12 @@ mod tests {
             hub.deliver("t", &frame(&i.to_string()));
         }
         let mut got = Vec::new();
-        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 3);
+        assert_eq!(
+            s.outbox()
+                .pop_batch(3, Staleness::Keep, |item| got.push(item))
+                .items,
+            3
+        );
         assert_eq!(
             got,
             [
@@ -269,8 +361,208 @@ mod tests {
             ]
         );
         got.clear();
-        assert_eq!(s.outbox().pop_batch(3, |item| got.push(item)), 1);
+        assert_eq!(
+            s.outbox()
+                .pop_batch(3, Staleness::Keep, |item| got.push(item))
+                .items,
+            1
+        );
         assert_eq!(got, [Outgoing::Frame(frame("4"))]);
-        assert_eq!(s.outbox().pop_batch(3, |_| unreachable!()), 0);
+        assert_eq!(
+            s.outbox()
+                .pop_batch(3, Staleness::Keep, |_| unreachable!())
+                .items,
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_that_waited_too_long_are_dropped_and_reported_then_fresh_ones_follow() {
+        let hub = Hub::with_limits(100, Duration::from_secs(1));
+        let s = hub.subscribe("t", 1);
+        for i in 0..3 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        tokio::time::advance(Duration::from_millis(600)).await;
+        for i in 3..5 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        // 0..3 waited 1.1 s, 3..5 only 0.5 s.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let mut got = Vec::new();
+        let taken = s
+            .outbox()
+            .pop_batch(10, Staleness::DropAt(Instant::now()), |item| got.push(item));
+        assert_eq!(taken, Taken { items: 3, stale: 3 });
+        assert_eq!(
+            got,
+            [
+                Outgoing::Lagged { missed: 3 },
+                Outgoing::Frame(frame("3")),
+                Outgoing::Frame(frame("4"))
+            ]
+        );
+        assert!(s.outbox().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_and_overflowed_frames_make_one_lag_notice() {
+        let hub = Hub::with_limits(3, Duration::from_secs(1));
+        let s = hub.subscribe("t", 1);
+        // 0, 1 and 2 are pushed out of the full queue (by 3, 4 and 5);
+        // 3 and 4 go stale; 5 is fresh.
+        for i in 0..5 {
+            hub.deliver("t", &frame(&i.to_string()));
+        }
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        hub.deliver("t", &frame("5"));
+        assert_eq!(
+            s.outbox().pop(Staleness::DropAt(Instant::now())),
+            Some(Outgoing::Lagged { missed: 5 }),
+            "3 pushed out of the full queue and 2 stale, in one notice"
+        );
+        assert_eq!(
+            s.outbox().pop(Staleness::DropAt(Instant::now())),
+            Some(Outgoing::Frame(frame("5")))
+        );
+        assert_eq!(s.outbox().pop(Staleness::DropAt(Instant::now())), None);
+    }
+
+    #[test]
+    fn an_outbox_stays_small() {
+        // One per socket, idle or not: with its Arc's counts, 96 bytes (a
+        // jemalloc size class); a regression guard.
+        let size = std::mem::size_of::<Outbox>();
+        assert!(size <= 80, "the outbox grew to {size} bytes");
+    }
+
+    #[test]
+    fn a_missed_publish_takes_the_older_queued_frames_with_it() {
+        let hub = Hub::new(100);
+        let s = hub.subscribe("t", 1);
+        hub.deliver("t", &frame("0"));
+        hub.deliver("t", &frame("1"));
+        // 2 and 3 went stale before the fan-out took them: 0 and 1, older,
+        // must not come after the notice.
+        assert_eq!(hub.miss("t", 2), 4, "two publishes and two queued frames");
+        hub.deliver("t", &frame("4"));
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Lagged { missed: 4 })
+        );
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("4")))
+        );
+        assert_eq!(s.outbox().pop(Staleness::Keep), None);
+        assert_eq!(hub.miss("nobody", 3), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_flush_keeps_stale_frames() {
+        let hub = Hub::with_limits(8, Duration::from_secs(1));
+        let s = hub.subscribe("t", 1);
+        hub.deliver("t", &frame("0"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("0")))
+        );
+    }
+
+    /// A connected pair: the server side shared as the session shares it.
+    async fn socket_pair() -> (Arc<tokio::net::TcpStream>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (Arc::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn once_released_an_idle_socket_is_written_to_directly_in_order() {
+        use tokio::io::AsyncReadExt;
+        let hub = Hub::new(8);
+        let s = hub.subscribe("t", 1);
+        let (server, mut client) = socket_pair().await;
+        s.outbox().attach(server);
+        // Until the session releases it (after auth_ok), pushes are queued.
+        assert_eq!(hub.deliver("t", &frame("0")).written, 0);
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("0")))
+        );
+        assert_eq!(s.outbox().pop(Staleness::Keep), None, "the session is done");
+        // The empty pop released it: now the hub writes through.
+        for text in ["1", "22"] {
+            let delivery = hub.deliver("t", &frame(text));
+            assert_eq!((delivery.recipients, delivery.written), (1, 1));
+        }
+        assert!(s.outbox().is_empty(), "nothing queued, nothing to wake");
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"\x81\x011\x81\x0222", "header + payload, in order");
+        // A session write of its own: the hub queues meanwhile.
+        assert_eq!(s.outbox().claim(), None);
+        assert_eq!(hub.deliver("t", &frame("3")).written, 0);
+        s.outbox().release();
+        assert_eq!(
+            hub.deliver("t", &frame("4")).written,
+            0,
+            "behind a queued frame"
+        );
+        assert_eq!(
+            s.outbox().pop(Staleness::Keep),
+            Some(Outgoing::Frame(frame("3")))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_makes_the_hub_queue_and_a_cut_frame_goes_first() {
+        let hub = Hub::new(1_000);
+        let s = hub.subscribe("t", 1);
+        let (server, _client) = socket_pair().await;
+        s.outbox().attach(Arc::clone(&server));
+        assert_eq!(s.outbox().pop(Staleness::Keep), None);
+        // The client never reads: the kernel fills, and then a frame is cut
+        // or refused; either way nothing after it is written through.
+        let big = Frame::from("x".repeat(64 * 1024));
+        let mut written = 0;
+        while hub.deliver("t", &big).written == 1 {
+            written += 1;
+            assert!(written < 10_000, "the kernel's queue is bounded");
+        }
+        assert_eq!(hub.deliver("t", &frame("after")).written, 0);
+        let mut items = Vec::new();
+        s.outbox()
+            .pop_batch(10, Staleness::Keep, |item| items.push(item));
+        let frames: Vec<_> = items
+            .iter()
+            .filter(|item| !matches!(item, Outgoing::Rest(_)))
+            .collect();
+        match items.first() {
+            // Cut: the rest first, then the big frame was not queued again.
+            Some(Outgoing::Rest(rest)) => {
+                assert!(!rest.is_empty() && rest.len() < big.len() + 4);
+                assert_eq!(frames, [&Outgoing::Frame(frame("after"))]);
+            }
+            // Refused whole: it was queued, then the next one.
+            _ => assert_eq!(
+                frames,
+                [
+                    &Outgoing::Frame(big.clone()),
+                    &Outgoing::Frame(frame("after"))
+                ]
+            ),
+        }
+    }
+
+    #[test]
+    fn the_wire_form_is_header_then_payload() {
+        let payload = Frame::from("abcdef".to_string());
+        assert_eq!(&crate::frames::wire(&payload)[..], b"\x81\x06abcdef");
     }
 }

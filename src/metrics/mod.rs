@@ -43,7 +43,12 @@ pub struct Metrics {
     pub publishes: AtomicU64,
     pub publishes_not_registered: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Deliveries the fan-out wrote into the socket itself (no session woken).
+    pub written_through: AtomicU64,
     pub dropped_frames: AtomicU64,
+    /// Frames dropped from socket queues for waiting longer than
+    /// `limits.max_frame_age` (reported in `lagged` as `dropped_frames` are).
+    pub stale_frames: AtomicU64,
     pub lagged_notices: AtomicU64,
     pub write_timeouts: AtomicU64,
     /// Sockets closed (1013) for taking nothing while their queue overflowed.

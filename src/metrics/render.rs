@@ -138,9 +138,19 @@ impl Metrics {
                 &self.deliveries,
             ),
             (
+                "skywave_deliveries_written_through_total",
+                "deliveries written into the socket by the fan-out itself (no session woken)",
+                &self.written_through,
+            ),
+            (
                 "skywave_dropped_frames_total",
                 "oldest frames dropped from full socket queues",
                 &self.dropped_frames,
+            ),
+            (
+                "skywave_stale_frames_total",
+                "frames not sent because the publish was older than limits.max_frame_age (one per socket: in its queue, or still in the fan-out queue)",
+                &self.stale_frames,
             ),
             (
                 "skywave_lagged_notices_total",

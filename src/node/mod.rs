@@ -68,7 +68,7 @@ impl Node {
     pub fn new(config: Config) -> Result<Arc<Self>, BrokerError> {
         let shutdown = CancellationToken::new();
         let identity = Arc::new(Identity::new(&config));
-        let hub = Hub::new(config.limits.socket_queue);
+        let hub = Hub::with_limits(config.limits.socket_queue, config.limits.max_frame_age);
         let metrics = Arc::new(Metrics::default());
         let (dispatcher, fanout) = Dispatcher::new(
             Arc::clone(&hub),

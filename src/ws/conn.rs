@@ -15,22 +15,24 @@
 //!   the session may wait for it with timers of its own.
 
 mod send;
+mod stream;
 
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use self::send::{OutFrame, Unsent};
 use super::codec::{self, DecodeError, Decoder, Inbound, Opcode};
 
 pub use self::send::BATCH;
+pub use self::stream::Upgrade;
 
 /// Why reading stopped; each maps to one close code in the session.
 #[derive(Debug)]
@@ -44,11 +46,6 @@ pub enum ReadError {
 /// The most read from the socket per read call.
 const READ_CHUNK: usize = 1024;
 
-/// What the public listener's upgrade hands over: the TCP stream hyper
-/// served, replaying first the bytes it read past the upgrade request.
-/// Vectored writes go through to the stream's `writev`.
-pub type Upgrade = TokioIo<Upgraded>;
-
 pub struct Connection<S = Upgrade> {
     stream: S,
     decoder: Decoder,
@@ -57,6 +54,14 @@ pub struct Connection<S = Upgrade> {
     /// Bytes the socket has taken so far: the session tells a slow socket
     /// (this grows) from a stuck one (it does not).
     taken: u64,
+}
+
+impl Connection<Upgrade> {
+    /// The TCP socket itself, shared, for the hub's write-through (none if
+    /// the upgrade did not hand over a plain TCP stream).
+    pub fn socket(&self) -> Option<Arc<TcpStream>> {
+        self.stream.socket()
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -127,6 +132,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match self.start_frames(Opcode::Text, payloads, &mut cx) {
             Poll::Ready(result) => result.map(|()| true),
             Poll::Pending => Ok(false),
+        }
+    }
+
+    /// [`start_texts`](Self::start_texts) for raw bytes (the tail of a frame
+    /// the hub began writing): what the socket takes now, the rest kept.
+    pub fn start_raw(&mut self, bytes: &Bytes) -> io::Result<bool> {
+        if self.unsent.is_some() {
+            return Err(io::Error::other("a frame is still being written"));
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let frame = OutFrame::raw(bytes);
+        let (mut done, mut sent) = (0, 0);
+        let result = send::poll_write(
+            &mut self.stream,
+            &mut cx,
+            std::slice::from_ref(&frame),
+            &mut done,
+            &mut sent,
+            &mut self.taken,
+        );
+        match result {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => {
+                self.unsent = Some(Unsent::rest(vec![frame], done, sent));
+                Ok(false)
+            }
         }
     }
 

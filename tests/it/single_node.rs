@@ -386,3 +386,35 @@ async fn garbage_on_both_listeners_leaves_the_node_serving() {
         );
     }
 }
+
+/// A socket that keeps up gets its pushes written by the fan-out itself
+/// (write-through, counted), in order, and its own ping is still answered
+/// between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_a_socket_that_keeps_up_are_written_through_in_order() {
+    use futures_util::SinkExt;
+    let node = TestNode::start("").await;
+    node.register("through", true).await;
+    let mut ws = node.socket("through", 1).await;
+    for seq in 0..20 {
+        assert_eq!(node.publish("through", &json!({"seq": seq})).await, 200);
+        ws.expect_push(&json!({"seq": seq}), "in order").await;
+        if seq == 10 {
+            ws.0.send(tokio_tungstenite::tungstenite::Message::Ping(
+                vec![7].into(),
+            ))
+            .await
+            .expect("ping");
+        }
+    }
+    let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+        .await
+        .1;
+    let through = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skywave_deliveries_written_through_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("the counter");
+    println!("{through} of 20 deliveries written through");
+    assert!(through > 0 && through <= 20, "{through}");
+}

@@ -143,6 +143,148 @@ async fn a_stalled_socket_that_reads_again_finds_1013() {
     assert_eq!(stuck.close_code(Duration::from_secs(5)).await, Some(1013));
 }
 
+/// A socket that stops reading while 200 frames of 10 KiB are published
+/// to it, then reads again 1.5 s later, after 5 more publishes: what the
+/// kernel and the write in progress held arrives, then
+/// `{"type":"lagged","missed":n}` for exactly the frames that waited more
+/// than `limits.max_frame_age` (the default, 1 s) in its queue, then the
+/// fresh frames, in order. The queue is large enough never to overflow, so
+/// every drop is for staleness, and each is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_fell_behind_gets_lagged_then_fresh_frames() {
+    const OLD: u64 = 200;
+    const FRESH: u64 = 5;
+    let node = TestNode::start("limits:\n  socket_queue: 10000").await;
+    node.register("behind", false).await;
+    let mut slow = StuckSocket::open_with(node.ws, "behind", Some(16 * 1024)).await;
+    node.wait_status(Duration::from_secs(5), "counted", |s| {
+        s["connected_sockets"] == 1
+    })
+    .await;
+    let blob = "z".repeat(10 * 1024);
+    let publish = |seq: u64| {
+        let payload =
+            RawValue::from_string(json!({"seq": seq, "blob": blob}).to_string()).expect("JSON");
+        node.node.publish("behind".to_string(), payload)
+    };
+    for seq in 0..OLD {
+        publish(seq).await.expect("accepted");
+    }
+    // Long enough for every frame still queued to go stale, far below the
+    // 10 s write time-out (and the queue never overflows: no stall close).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for seq in OLD..OLD + FRESH {
+        publish(seq).await.expect("accepted");
+    }
+    let (mut before, mut after, mut notices) = (Vec::new(), Vec::new(), Vec::new());
+    while after.last() != Some(&(OLD + FRESH - 1)) {
+        let Some(frame) = slow.next_json(Duration::from_secs(10)).await else {
+            panic!("the stream ended after {before:?}, {notices:?}, {after:?}");
+        };
+        match frame["type"].as_str() {
+            Some("push") => {
+                let seq = frame["payload"]["seq"].as_u64().expect("seq");
+                if notices.is_empty() {
+                    &mut before
+                } else {
+                    &mut after
+                }
+                .push(seq);
+            }
+            Some("lagged") => notices.push(frame["missed"].as_u64().expect("missed")),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    println!(
+        "{} frames in flight arrived, then lagged {notices:?}, then {} frames",
+        before.len(),
+        after.len()
+    );
+    assert_eq!(notices.len(), 1, "one lag notice: {notices:?}");
+    let missed = notices[0];
+    assert!(missed > 0, "frames went stale");
+    let in_order =
+        |seqs: &[u64], from: u64| seqs.iter().copied().eq(from..from + seqs.len() as u64);
+    assert!(
+        in_order(&before, 0),
+        "what was in flight, in order: {before:?}"
+    );
+    let first_after = before.len() as u64 + missed;
+    assert!(
+        in_order(&after, first_after),
+        "after the notice the frames resume exactly {missed} later, in order: {after:?}"
+    );
+    assert_eq!(
+        before.len() as u64 + missed + after.len() as u64,
+        OLD + FRESH
+    );
+    assert!(
+        after.len() as u64 >= FRESH,
+        "every fresh frame arrives: {after:?}"
+    );
+    let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+        .await
+        .1;
+    assert_eq!(counter(&metrics, "skywave_stale_frames_total"), missed);
+    assert_eq!(counter(&metrics, "skywave_dropped_frames_total"), 0);
+    assert_eq!(counter(&metrics, "skywave_lagged_notices_total"), 1);
+    assert_eq!(counter(&metrics, "skywave_stalled_closes_total"), 0);
+}
+
+/// Publishes that waited longer than `limits.max_frame_age` (1 s) in the
+/// node's fan-out queue, before any socket's outbox, are not delivered at
+/// all: a socket that reads all along gets `{"type":"lagged","missed":n}`
+/// for exactly those, then the fresh publishes, in order (before the bound
+/// reached the fan-out queue, the whole backlog was written to it, however
+/// old). The test's runtime has one thread, which also runs the node's
+/// fan-out task: blocking it for 1.3 s after 20 publishes leaves them
+/// queued there, older than the bound.
+#[tokio::test]
+async fn publishes_that_went_stale_in_the_fanout_queue_are_reported_not_delivered() {
+    const OLD: u64 = 20;
+    const FRESH: u64 = 5;
+    let node = TestNode::start("").await;
+    node.register("backlog", false).await;
+    let mut ws = node.socket("backlog", 0).await;
+    node.wait_status(Duration::from_secs(5), "counted", |s| {
+        s["connected_sockets"] == 1
+    })
+    .await;
+    let publish = |seq: u64| {
+        let payload = RawValue::from_string(json!({ "seq": seq }).to_string()).expect("JSON");
+        node.node.publish("backlog".to_string(), payload)
+    };
+    // A fresh scheduling budget: the 20 publishes below do not give the
+    // fan-out task a turn.
+    tokio::task::yield_now().await;
+    for seq in 0..OLD {
+        publish(seq).await.expect("accepted");
+    }
+    std::thread::sleep(Duration::from_millis(1_300));
+    for seq in OLD..OLD + FRESH {
+        publish(seq).await.expect("accepted");
+    }
+    let first = ws.recv_json(Duration::from_secs(5)).await;
+    assert_eq!(
+        first,
+        Some(json!({"type": "lagged", "missed": OLD})),
+        "the stale backlog is reported first, none of it delivered"
+    );
+    for seq in OLD..OLD + FRESH {
+        ws.expect_push(&json!({ "seq": seq }), "fresh publishes follow, in order")
+            .await;
+    }
+    ws.expect_silence(Duration::from_millis(300), "nothing else")
+        .await;
+    let metrics = http(node.internal, "GET", "/metrics", None, Some(SECRET))
+        .await
+        .1;
+    assert_eq!(counter(&metrics, "skywave_stale_frames_total"), OLD);
+    assert_eq!(counter(&metrics, "skywave_lagged_notices_total"), 1);
+    assert_eq!(counter(&metrics, "skywave_dropped_frames_total"), 0);
+    assert_eq!(counter(&metrics, "skywave_deliveries_total"), FRESH);
+}
+
 /// Pushes received until the last publish arrived (or 20 s of nothing),
 /// whether their `seq` ran 0, 1, 2… and what `lagged` notices reported
 /// missing. The newest frame is never dropped, so the last one arrives.

@@ -5,6 +5,7 @@
 //! is here.
 
 mod drain;
+mod overload;
 mod stuck;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::proto::{Browser, Publisher};
 use crate::scenario::{field, Target};
 
 pub use self::drain::drain;
+pub use self::overload::overload;
 pub use self::stuck::stuck;
 
 /// A fresh topic registered for one run, the publisher that registered it,
@@ -104,6 +106,8 @@ pub(crate) struct PublishStream {
     count: u64,
     payload_bytes: usize,
     rate: f64,
+    /// When set, each payload also carries `"t"`: nanoseconds since this.
+    epoch: Option<Instant>,
 }
 
 impl PublishStream {
@@ -121,7 +125,14 @@ impl PublishStream {
             count,
             payload_bytes,
             rate,
+            epoch: None,
         }
+    }
+
+    /// Payloads carry their send time (`"t"`, nanoseconds since `epoch`).
+    pub(crate) fn stamped(mut self, epoch: Instant) -> Self {
+        self.epoch = Some(epoch);
+        self
     }
 
     /// The number of publishes answered 200 (in seq order) and the time taken.
@@ -140,8 +151,11 @@ impl PublishStream {
                 if let Some(ticker) = ticker.as_mut() {
                     ticker.tick().await;
                 }
+                let stamp = self.epoch.map_or(String::new(), |epoch| {
+                    format!(r#""t":{},"#, epoch.elapsed().as_nanos())
+                });
                 let body = format!(
-                    r#"{{"topic":"{}","payload":{{"seq":{accepted},"pad":"{pad}"}}}}"#,
+                    r#"{{"topic":"{}","payload":{{"seq":{accepted},{stamp}"pad":"{pad}"}}}}"#,
                     self.topic
                 );
                 let (status, text) = publisher

@@ -106,6 +106,16 @@ mod tests {
     use super::super::testing::{frame, masked};
     use super::*;
 
+    #[test]
+    fn text_headers_match_what_the_hub_writes() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 1 << 20] {
+            let mut ours = [0u8; MAX_HEADER];
+            let used = encode_header(&mut ours, Opcode::Text, len);
+            let (hubs, hub_used) = crate::frames::text_header(len);
+            assert_eq!(&ours[..used], &hubs[..hub_used], "{len}");
+        }
+    }
+
     fn protocol_error(bytes: &[u8]) -> bool {
         matches!(parse(bytes), Err(DecodeError::Protocol(_)))
     }

@@ -37,6 +37,15 @@ impl OutFrame {
         }
     }
 
+    /// Bytes that already are (part of) a frame: no header of their own.
+    pub fn raw(bytes: &Bytes) -> Self {
+        OutFrame {
+            header: [0u8; codec::MAX_HEADER],
+            header_len: 0,
+            payload: bytes.clone(),
+        }
+    }
+
     fn head(&self) -> &[u8] {
         &self.header[..usize::from(self.header_len)]
     }

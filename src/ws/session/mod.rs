@@ -20,10 +20,12 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use self::close::{close_with, fail, reply_to_close};
-use self::write::{drain, write, write_queued, WriteError, WRITE_TIMEOUT};
+use self::write::{claim, drain, fresh_now, write, write_queued, WriteError, WRITE_TIMEOUT};
 use super::auth::{check_auth_frame, AuthFailure, UNAUTHORIZED_MESSAGE};
 use super::codec::Inbound;
-use super::conn::Connection;
+use super::conn::{Connection, Upgrade};
+use super::limits::Admission;
+use super::MAX_INBOUND_MESSAGE;
 use crate::frames;
 use crate::hub::{Frame, Outbox};
 use crate::metrics::Refusal;
@@ -34,124 +36,260 @@ const PING_INTERVAL: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const STATUS_THROTTLE: Duration = Duration::from_millis(700);
 
-pub async fn run(
-    mut conn: Connection,
+/// The socket's whole life, from the upgrade to the close (one future, so
+/// one allocation, for an idle socket; not an `async fn`, whose arguments
+/// would be stored twice). The admission slot is given back, and the close
+/// logged, however it ends.
+pub fn run(
+    on_upgrade: hyper::upgrade::OnUpgrade,
     node: Arc<Node>,
     topic: String,
     meta: TopicMeta,
     client: IpAddr,
-) {
-    // Boxed: the handshake's state is needed once and should not stay in the
-    // (long-lived) session future; the same goes for status requests below.
-    let Some(user_id) = Box::pin(authenticate(&mut conn, &node, &topic, meta, client)).await else {
-        return;
-    };
-    super::log::connection(
-        &node,
-        "websocket authenticated",
+    admission: Admission,
+) -> impl std::future::Future<Output = ()> {
+    // Built out here and moved in whole: a value the future takes apart
+    // would be stored twice.
+    let mut closed = ClosedLog {
+        node: Arc::clone(&node),
         client,
-        &topic,
-        Some(user_id),
-    );
-    let subscription = node.hub().subscribe(&topic, user_id);
-    node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
-    if write(&mut conn, &node, None, &frames::auth_ok())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let is_status_topic = topic == STATUS_TOPIC;
-    drop(topic);
-    let outbox = subscription.outbox();
-    let mut last_heard = Instant::now();
-    let mut next_ping = last_heard + PING_INTERVAL;
-    let mut last_status: Option<Instant> = None;
-    // One timer for both the ping and the idle deadline, reset only when
-    // the earlier of the two moves.
-    let keepalive = tokio::time::sleep_until(next_ping);
-    tokio::pin!(keepalive);
-    // Created once: every socket shares the node's token, and re-creating
-    // this future per loop would lock the token's state twice per frame.
-    let shutdown = node.shutdown().cancelled();
-    tokio::pin!(shutdown);
-
-    loop {
-        let idle_deadline = last_heard + IDLE_TIMEOUT;
-        let wake_at = next_ping.min(idle_deadline);
-        if keepalive.deadline() != wake_at {
-            keepalive.as_mut().reset(wake_at);
-        }
-        tokio::select! {
-            () = &mut shutdown => {
-                Box::pin(flush_and_close(&mut conn, &node, outbox)).await;
+        topic: Arc::from(topic),
+        started: std::time::Instant::now(),
+        connected: false,
+        _admission: admission,
+    };
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
                 return;
             }
-            _ = outbox.ready() => {
-                // Until shutdown, whose branch then takes over (an atomic
-                // read: the token's own check takes a lock).
-                while node.drain_deadline().is_none() {
-                    match write_queued(&mut conn, &node, outbox).await {
-                        Ok(0) => break,
-                        Ok(_) => {}
+        };
+        closed.connected = true;
+        let mut conn = Connection::new(Upgrade::new(upgraded), MAX_INBOUND_MESSAGE);
+        super::log::connection(
+            &node,
+            "websocket connected",
+            closed.client,
+            &closed.topic,
+            None,
+        );
+        // Boxed: the handshake's state is needed once and should not stay in the
+        // (long-lived) session future; the same goes for status requests below.
+        let Some(user_id) = Box::pin(authenticate(
+            &mut conn,
+            &node,
+            &closed.topic,
+            meta,
+            closed.client,
+        ))
+        .await
+        else {
+            return;
+        };
+        super::log::connection(
+            &node,
+            "websocket authenticated",
+            closed.client,
+            &closed.topic,
+            Some(user_id),
+        );
+        let subscription = node.hub().subscribe(&closed.topic, user_id);
+        // The hub's copy of the name, shared by the topic's sockets.
+        closed.topic = subscription.shared_topic();
+        node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
+        // The hub only queues until auth_ok is out (a new outbox is the
+        // session's); then it may write pushes into the socket itself.
+        if let Some(socket) = conn.socket() {
+            subscription.outbox().attach(socket);
+        }
+        // Boxed, as the rare paths below: its state would stay in the session
+        // future.
+        if Box::pin(write(&mut conn, &node, None, &frames::auth_ok()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        subscription.outbox().release();
+        let is_status_topic = &*closed.topic == STATUS_TOPIC;
+        let outbox = subscription.outbox();
+        let mut last_heard = Instant::now();
+        let mut next_ping = last_heard + PING_INTERVAL;
+        let mut last_status: Option<Instant> = None;
+        // One timer for both the ping and the idle deadline, reset only when
+        // the earlier of the two moves.
+        let keepalive = tokio::time::sleep_until(next_ping);
+        tokio::pin!(keepalive);
+        // Created once: every socket shares the node's token, and re-creating
+        // this future per loop would lock the token's state twice per frame.
+        let shutdown = node.shutdown().cancelled();
+        tokio::pin!(shutdown);
+
+        loop {
+            {
+                let wake_at = next_ping.min(last_heard + IDLE_TIMEOUT);
+                if keepalive.deadline() != wake_at {
+                    keepalive.as_mut().reset(wake_at);
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => {
+                    Box::pin(flush_and_close(&mut conn, &node, outbox)).await;
+                    return;
+                }
+                _ = outbox.ready() => {
+                    // Until shutdown, whose branch then takes over (an atomic
+                    // read: the token's own check takes a lock).
+                    while node.drain_deadline().is_none() {
+                        match Box::pin(write_queued(&mut conn, &node, outbox, fresh_now())).await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(error) => {
+                                Box::pin(end_after(&mut conn, &node, outbox, error)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                inbound = conn.recv() => {
+                    let inbound = match inbound {
+                        Ok(inbound) => inbound,
                         Err(error) => {
-                            Box::pin(end_after(&mut conn, &node, error)).await;
+                            Box::pin(read_failed(&mut conn, &node, outbox, error)).await;
                             return;
                         }
+                    };
+                    last_heard = Instant::now();
+                    match inbound {
+                        Inbound::Ping(payload) => {
+                            if !Box::pin(pong(&mut conn, &node, outbox, &payload)).await {
+                                return;
+                            }
+                            outbox.release();
+                        }
+                        Inbound::Close(code) => {
+                            Box::pin(close_after(&mut conn, &node, outbox, code)).await;
+                            return;
+                        }
+                        Inbound::Text(text)
+                            if is_status_topic
+                                && wants_status(&text)
+                                && last_status.is_none_or(|at| at.elapsed() >= STATUS_THROTTLE) =>
+                        {
+                            last_status = Some(Instant::now());
+                            // Boxed: its state stays out of the session future.
+                            if let Err(error) = Box::pin(answer_status(&mut conn, &node, outbox)).await {
+                                Box::pin(end_after(&mut conn, &node, outbox, error)).await;
+                                return;
+                            }
+                            outbox.release();
+                        }
+                        // Everything else after auth is ignored.
+                        Inbound::Text(_) | Inbound::Binary(_) | Inbound::Pong => {}
                     }
                 }
-            }
-            inbound = conn.recv() => {
-                let inbound = match inbound {
-                    Ok(inbound) => inbound,
-                    Err(error) => {
-                        Box::pin(fail(&mut conn, &node, error)).await;
+                () = &mut keepalive => {
+                    let idle = Instant::now() >= last_heard + IDLE_TIMEOUT;
+                    next_ping = Instant::now() + PING_INTERVAL;
+                    if !Box::pin(ping_or_close_idle(&mut conn, &node, outbox, idle)).await {
                         return;
                     }
-                };
-                last_heard = Instant::now();
-                match inbound {
-                    Inbound::Ping(payload) => {
-                        if Box::pin(timeout(WRITE_TIMEOUT, conn.send_pong(&payload))).await.map_or(true, |r| r.is_err()) {
-                            return;
-                        }
-                    }
-                    Inbound::Close(code) => {
-                        let (code, reason) = reply_to_close(code);
-                        close_with(&mut conn, code, reason).await;
-                        return;
-                    }
-                    Inbound::Text(text)
-                        if is_status_topic
-                            && wants_status(&text)
-                            && last_status.is_none_or(|at| at.elapsed() >= STATUS_THROTTLE) =>
-                    {
-                        last_status = Some(Instant::now());
-                        let request = StatusRequest { uptime_seconds: true, ..Default::default() };
-                        let report = Box::pin(node.status(request)).await;
-                        if let Err(error) = write(&mut conn, &node, Some(outbox), &frames::status(&report)).await {
-                            Box::pin(end_after(&mut conn, &node, error)).await;
-                            return;
-                        }
-                    }
-                    // Everything else after auth is ignored.
-                    Inbound::Text(_) | Inbound::Binary(_) | Inbound::Pong => {}
-                }
-            }
-            () = &mut keepalive => {
-                if Instant::now() >= idle_deadline {
-                    node.metrics().idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("dropping a silent socket");
-                    close_with(&mut conn, close::NORMAL, "idle timeout").await;
-                    return;
-                }
-                next_ping = Instant::now() + PING_INTERVAL;
-                if Box::pin(timeout(WRITE_TIMEOUT, conn.send_ping())).await.map_or(true, |r| r.is_err()) {
-                    return;
+                    outbox.release();
                 }
             }
         }
     }
+}
+
+/// Logs the close (of an upgraded socket) and gives the admission slot
+/// back when the session ends, however it ends (after the connection,
+/// which is declared after it).
+struct ClosedLog {
+    node: Arc<Node>,
+    client: IpAddr,
+    topic: Arc<str>,
+    started: std::time::Instant,
+    connected: bool,
+    _admission: Admission,
+}
+
+impl Drop for ClosedLog {
+    fn drop(&mut self) {
+        if self.connected {
+            super::log::closed(&self.node, self.client, &self.topic, self.started.elapsed());
+        }
+    }
+}
+
+// The rarely taken paths of the loop, each boxed where it is awaited so
+// that its state stays out of the (long-lived) session future: an idle
+// socket's memory is mostly that future.
+
+/// Reading failed: the close code for it, unless a write is cut.
+async fn read_failed(
+    conn: &mut Connection,
+    node: &Node,
+    outbox: &Outbox,
+    error: super::conn::ReadError,
+) {
+    if claim(conn, node, outbox).await.is_ok() {
+        fail(conn, node, error).await;
+    }
+}
+
+/// Answers a ping; false if the socket is done.
+async fn pong(conn: &mut Connection, node: &Node, outbox: &Outbox, payload: &[u8]) -> bool {
+    claim(conn, node, outbox).await.is_ok()
+        && timeout(WRITE_TIMEOUT, conn.send_pong(payload))
+            .await
+            .is_ok_and(|r| r.is_ok())
+}
+
+/// The peer's close, answered.
+async fn close_after(conn: &mut Connection, node: &Node, outbox: &Outbox, code: Option<u16>) {
+    let (code, reason) = reply_to_close(code);
+    if claim(conn, node, outbox).await.is_ok() {
+        close_with(conn, code, reason).await;
+    }
+}
+
+/// The keepalive timer: closes a socket silent past the idle timeout,
+/// pings it otherwise; false if the socket is done.
+async fn ping_or_close_idle(
+    conn: &mut Connection,
+    node: &Node,
+    outbox: &Outbox,
+    idle: bool,
+) -> bool {
+    if claim(conn, node, outbox).await.is_err() {
+        return false;
+    }
+    if idle {
+        node.metrics().idle_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("dropping a silent socket");
+        close_with(conn, close::NORMAL, "idle timeout").await;
+        return false;
+    }
+    timeout(WRITE_TIMEOUT, conn.send_ping())
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// The node's status, as the status topic's sockets ask for it.
+async fn answer_status(
+    conn: &mut Connection,
+    node: &Node,
+    outbox: &Outbox,
+) -> Result<(), WriteError> {
+    let request = StatusRequest {
+        uptime_seconds: true,
+        ..Default::default()
+    };
+    let report = node.status(request).await;
+    claim(conn, node, outbox).await?;
+    write(conn, node, Some(outbox), &frames::status(&report)).await
 }
 
 /// At shutdown: what was queued for the socket first, then 1001.
@@ -165,11 +303,17 @@ async fn flush_and_close(conn: &mut Connection, node: &Node, outbox: &Outbox) {
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
-    close_with(conn, close::GOING_AWAY, "server shutting down").await;
+    // The hub stops writing through before the close frame goes out.
+    if claim(conn, node, outbox).await.is_ok() {
+        close_with(conn, close::GOING_AWAY, "server shutting down").await;
+    }
 }
 
 /// How the session ends after a write that did not complete.
-async fn end_after(conn: &mut Connection, node: &Node, error: WriteError) {
+async fn end_after(conn: &mut Connection, node: &Node, outbox: &Outbox, error: WriteError) {
+    // The hub stops writing through; a write that failed leaves the session
+    // with nothing the hub cut (it only cuts while the session is idle).
+    let _ = outbox.claim();
     match error {
         WriteError::Gone | WriteError::TimedOut => {}
         WriteError::Stalled => close_with(conn, close::TRY_AGAIN_LATER, "not reading").await,

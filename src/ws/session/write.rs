@@ -20,7 +20,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::super::conn::{Connection, BATCH};
 use crate::frames;
-use crate::hub::{Frame, Outbox, Outgoing};
+use crate::hub::{Frame, Outbox, Outgoing, Staleness};
 use crate::node::{Node, SHUTDOWN_DRAIN};
 
 /// One write (a frame, or a batch of queued ones) must be done within this,
@@ -58,15 +58,63 @@ pub async fn write(
 /// Writes what the outbox holds, up to [`BATCH`] frames (in one write when
 /// the socket takes them at once), within the bounds; how many there were
 /// (0: the outbox was empty).
+///
+/// Frames that waited longer than `limits.max_frame_age` are dropped
+/// instead (counted in `skywave_stale_frames_total` and in the lag notice
+/// written first), unless `staleness` is [`Staleness::Keep`].
 pub async fn write_queued(
     conn: &mut Connection,
     node: &Node,
     outbox: &Outbox,
+    staleness: Staleness,
 ) -> Result<usize, WriteError> {
     let mut batch = Batch::Empty;
-    let count = outbox.pop_batch(BATCH, |item| batch.push(frame_for(item, node)));
+    let mut rest = None;
+    let taken = outbox.pop_batch(BATCH, staleness, |item| match item {
+        // Only ever first: the tail of a frame already partly sent.
+        Outgoing::Rest(bytes) => rest = Some(bytes),
+        Outgoing::Frame(frame) => batch.push(frame),
+        Outgoing::Lagged { missed } => batch.push(lag_notice(missed, node)),
+    });
+    if taken.stale > 0 {
+        node.metrics()
+            .stale_frames
+            .fetch_add(taken.stale, Ordering::Relaxed);
+    }
+    if let Some(rest) = rest {
+        write_rest(conn, node, Some(outbox), &rest).await?;
+    }
     write_all(conn, node, Some(outbox), batch.frames()).await?;
-    Ok(count)
+    Ok(taken.items)
+}
+
+/// Before a write of the session's own (a ping, a status frame, the
+/// close): the hub stops writing through until [`Outbox::release`], and
+/// the tail of a frame it cut goes out first.
+pub async fn claim(conn: &mut Connection, node: &Node, outbox: &Outbox) -> Result<(), WriteError> {
+    match outbox.claim() {
+        Some(rest) => write_rest(conn, node, Some(outbox), &rest).await,
+        None => Ok(()),
+    }
+}
+
+/// The unsent tail of a frame the hub wrote in part, within the bounds.
+async fn write_rest(
+    conn: &mut Connection,
+    node: &Node,
+    outbox: Option<&Outbox>,
+    rest: &bytes::Bytes,
+) -> Result<(), WriteError> {
+    match conn.start_raw(rest) {
+        Ok(true) => Ok(()),
+        Ok(false) => Box::pin(finish(conn, node, outbox)).await,
+        Err(_) => Err(WriteError::Gone),
+    }
+}
+
+/// Fresh frames only: the rule while the node runs.
+pub fn fresh_now() -> Staleness {
+    Staleness::DropAt(Instant::now())
 }
 
 async fn write_all(
@@ -115,17 +163,12 @@ impl Batch {
     }
 }
 
-/// What the session writes for an outbox item.
-fn frame_for(item: Outgoing, node: &Node) -> Frame {
-    match item {
-        Outgoing::Frame(frame) => frame,
-        Outgoing::Lagged { missed } => {
-            node.metrics()
-                .lagged_notices
-                .fetch_add(1, Ordering::Relaxed);
-            frames::lagged(missed)
-        }
-    }
+/// The lag notice for `missed` frames, counted.
+fn lag_notice(missed: u64, node: &Node) -> Frame {
+    node.metrics()
+        .lagged_notices
+        .fetch_add(1, Ordering::Relaxed);
+    frames::lagged(missed)
 }
 
 /// At shutdown: writes everything queued for the socket, waiting for the
@@ -139,7 +182,9 @@ pub async fn drain(conn: &mut Connection, node: &Node, outbox: &Outbox) -> Resul
     tokio::pin!(fanout);
     let mut fanout_done = false;
     loop {
-        while write_queued(conn, node, outbox).await? > 0 {
+        // What the node accepted goes out, however long it waited (bounded
+        // by the drain deadline).
+        while write_queued(conn, node, outbox, Staleness::Keep).await? > 0 {
             if Instant::now() >= deadline {
                 return Err(WriteError::Deadline);
             }

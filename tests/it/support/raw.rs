@@ -22,7 +22,21 @@ impl StuckSocket {
     /// Upgrades and authenticates on a public topic, reading exactly the
     /// 101 answer and `auth_ok`, nothing more.
     pub async fn open(addr: SocketAddr, topic: &str) -> StuckSocket {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        Self::open_with(addr, topic, None).await
+    }
+
+    /// [`open`](Self::open) with the client's kernel receive buffer set to
+    /// `receive_buffer` bytes (so the server's frames back up sooner).
+    pub async fn open_with(
+        addr: SocketAddr,
+        topic: &str,
+        receive_buffer: Option<u32>,
+    ) -> StuckSocket {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let mut stream = socket.connect(addr).await.expect("connect");
         let mut bytes = format!(
             "GET /ws?topic={topic} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -53,6 +67,23 @@ impl StuckSocket {
                 let (opcode, payload) = self.frame().await?;
                 if opcode == 0x8 {
                     return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                }
+            }
+        };
+        tokio::time::timeout(within, reading).await.ok().flatten()
+    }
+
+    /// The next text frame as JSON, once the client reads again; `None` on
+    /// a close frame, the end of the connection or after `within`.
+    pub async fn next_json(&mut self, within: Duration) -> Option<Value> {
+        let reading = async {
+            loop {
+                match self.frame().await? {
+                    (0x1, payload) => {
+                        return Some(serde_json::from_slice(&payload).expect("server sends JSON"))
+                    }
+                    (0x8, _) => return None,
+                    _ => {}
                 }
             }
         };
