@@ -131,13 +131,21 @@ impl Cluster {
         self.broker.failures()
     }
 
-    /// Hands an envelope to the outbox; never waits for Redis.
-    pub fn publish(&self, topic: &str, payload: &RawValue) {
+    /// Hands an envelope to the outbox; in cluster mode waits (at most
+    /// [`outbox::HANDOVER_WAIT`]) until the broker took it, never while the
+    /// broker is away.
+    pub async fn publish(&self, topic: &str, payload: &RawValue) {
         let text = crate::broker::encode_envelope(&self.identity.id, topic, payload);
-        if !self.outbox.push(text) {
-            self.counters
-                .envelopes_dropped
-                .fetch_add(1, Ordering::Relaxed);
+        match self.outbox.push(text) {
+            Some(number) if self.mode() == Mode::Cluster => {
+                self.outbox.handed_over(number, outbox::HANDOVER_WAIT).await
+            }
+            Some(_) => {}
+            None => {
+                self.counters
+                    .envelopes_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

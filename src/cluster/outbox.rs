@@ -2,7 +2,11 @@
 //! task. A publish that Redis does not take (a blip, a failover) is retried
 //! with backoff, still in order, for up to the replay window; what waited
 //! longer, or did not fit, is dropped and counted. The publisher is never
-//! blocked.
+//! blocked for longer than [`HANDOVER_WAIT`]: in cluster mode it waits
+//! until the broker took its envelope (as the Go worker answers a publish
+//! after its `PUBLISH`), so a client that saw the answer and then opens a
+//! socket on another node does not get that publish there; while Redis is
+//! away, or slow, it does not wait.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,12 +28,22 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(30);
 const BATCH: usize = 128;
 const RETRY_START: Duration = Duration::from_millis(50);
 const RETRY_CAP: Duration = Duration::from_secs(1);
+/// The longest a publish waits for its envelope to be taken by the broker.
+pub const HANDOVER_WAIT: Duration = Duration::from_millis(100);
+
+/// One envelope: when it was queued, its number, its text.
+type Queued = (Instant, u64, String);
 
 pub struct Outbox {
-    tx: mpsc::Sender<(Instant, String)>,
+    /// Numbers envelopes in queue order (the lock makes number and send one
+    /// step for concurrent publishers).
+    tx: std::sync::Mutex<(u64, mpsc::Sender<Queued>)>,
     /// The publisher task's end; behind a lock so that a restarted task
     /// takes it up again.
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(Instant, String)>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
+    /// The number of the last envelope the broker took (or that was
+    /// dropped as too old): everything queued before it is done.
+    done: tokio::sync::watch::Sender<u64>,
     failed: Throttled,
 }
 
@@ -37,19 +51,35 @@ impl Outbox {
     pub fn new() -> Self {
         let (tx, rx) = mpsc::channel(CAPACITY);
         Outbox {
-            tx,
+            tx: std::sync::Mutex::new((0, tx)),
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            done: tokio::sync::watch::Sender::new(0),
             failed: Throttled::new(Duration::from_secs(10)),
         }
     }
 
-    /// False if the outbox is full (the envelope is dropped).
-    pub fn push(&self, envelope: String) -> bool {
-        self.tx.try_send((Instant::now(), envelope)).is_ok()
+    /// The envelope's number, or `None` if the outbox is full (the envelope
+    /// is dropped).
+    pub fn push(&self, envelope: String) -> Option<u64> {
+        let mut guard = self.tx.lock().ok()?;
+        let (last, tx) = &mut *guard;
+        let number = *last + 1;
+        tx.try_send((Instant::now(), number, envelope)).ok()?;
+        *last = number;
+        Some(number)
+    }
+
+    /// Resolves once envelope `number` is done (taken by the broker, or
+    /// dropped as too old), or after `within`.
+    pub async fn handed_over(&self, number: u64, within: Duration) {
+        let mut done = self.done.subscribe();
+        let _ = tokio::time::timeout(within, done.wait_for(|done| *done >= number)).await;
     }
 
     pub fn len(&self) -> usize {
-        CAPACITY - self.tx.capacity()
+        self.tx
+            .lock()
+            .map_or(0, |guard| CAPACITY - guard.1.capacity())
     }
 }
 
@@ -57,7 +87,7 @@ impl Cluster {
     pub(super) async fn publish_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let rx = Arc::clone(&self.outbox.rx);
         let mut rx = rx.lock().await;
-        let mut batch: Vec<(Instant, String)> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Queued> = Vec::with_capacity(BATCH);
         loop {
             let received = tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH) => n,
@@ -66,7 +96,9 @@ impl Cluster {
             if received == 0 {
                 return;
             }
-            let (mut queued, mut texts): (Vec<Instant>, Vec<String>) = batch.drain(..).unzip();
+            let last = batch.last().map_or(0, |(_, number, _)| *number);
+            let (mut queued, mut texts): (Vec<Instant>, Vec<String>) =
+                batch.drain(..).map(|(at, _, text)| (at, text)).unzip();
             let mut retry = RETRY_START;
             loop {
                 // Oldest first: the expired ones are a prefix.
@@ -82,6 +114,7 @@ impl Cluster {
                         .fetch_add(expired as u64, Ordering::Relaxed);
                 }
                 if texts.is_empty() {
+                    self.outbox.done.send_replace(last);
                     break;
                 }
                 match self.broker.publish(&texts).await {
@@ -89,6 +122,7 @@ impl Cluster {
                         self.counters
                             .envelopes_published
                             .fetch_add(texts.len() as u64, Ordering::Relaxed);
+                        self.outbox.done.send_replace(last);
                         break;
                     }
                     Err(error) => {

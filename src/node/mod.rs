@@ -198,8 +198,10 @@ impl Node {
     }
 
     /// Delivers `payload` to the topic's sockets here and, in cluster mode,
-    /// on every other node. Returns once the frame is queued; refused once
-    /// shutdown has begun (so that what is accepted is delivered).
+    /// on every other node. Returns once the frame is queued here and, in
+    /// cluster mode, the broker took the envelope (bounded, see
+    /// `cluster::outbox`); refused once shutdown has begun (so that what is
+    /// accepted is delivered).
     pub async fn publish(&self, topic: String, payload: Box<RawValue>) -> Result<(), PublishError> {
         if self.registry.lookup(&topic).await.is_none() {
             self.metrics
@@ -215,7 +217,7 @@ impl Node {
             .await
             .map_err(|_| PublishError::ShuttingDown)?;
         if let (Some(cluster), Some(topic)) = (&self.cluster, cluster_topic) {
-            cluster.publish(&topic, &payload);
+            cluster.publish(&topic, &payload).await;
         }
         self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
         Ok(())
