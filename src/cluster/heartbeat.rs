@@ -36,7 +36,7 @@ impl Cluster {
             if let Err(error) = self.registry.refresh_status_topic().await {
                 tracing::debug!(%error, "could not refresh the status topic");
             }
-            if self.registry.pending() > 0 {
+            if self.registry.needs_write_back() {
                 match self.registry.write_back(&self.broker, false).await {
                     Ok(written) => {
                         tracing::info!(changes = written, "wrote pending registry changes to redis")

@@ -90,6 +90,9 @@ impl Cluster {
         let id = self.broker.server_id().await?;
         let restarted = server.as_ref().is_some_and(|known| *known != id);
         *server = Some(id);
+        if restarted {
+            self.registry.note_restart();
+        }
         self.health.set_connected(true);
         if let Err(error) = self.registry.refresh_status_topic().await {
             tracing::debug!(%error, "could not register the status topic yet; the heartbeat retries");

@@ -49,6 +49,10 @@ pub struct Registry {
     /// change made while pending ones are being written is applied after
     /// them, never overwritten by an older one.
     writing: tokio::sync::RwLock<()>,
+    /// The broker restarted (lost its data) and this node's registrations
+    /// are not all written back yet: until they are, a topic missing there
+    /// is not taken as unregistered, and every write-back tries them again.
+    mirror_unwritten: std::sync::atomic::AtomicBool,
 }
 
 /// The broker's registry and whether it can be asked right now.
@@ -72,6 +76,7 @@ impl Registry {
             ttl,
             refused: Throttled::new(Duration::from_secs(10)),
             writing: tokio::sync::RwLock::new(()),
+            mirror_unwritten: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -160,7 +165,7 @@ impl Registry {
                         .register(topic, meta, Some(remaining.unwrap_or(self.ttl)));
                     return Some(meta);
                 }
-                Ok(None) if self.pending.is_register(topic) => {}
+                Ok(None) if self.pending.is_register(topic) || self.mirror_unwritten() => {}
                 Ok(None) => {
                     // The cluster is authoritative: unregistered or expired
                     // elsewhere means gone here too.
@@ -245,9 +250,13 @@ impl Registry {
     /// restart (`restarted`) the whole local mirror is written first, only
     /// where keys are missing. Returns how many changes were applied.
     pub async fn write_back(&self, broker: &Broker, restarted: bool) -> Result<usize, BrokerError> {
+        use std::sync::atomic::Ordering;
+        if restarted {
+            self.note_restart();
+        }
         let _exclusive = self.writing.write().await;
         let mut written = 0;
-        if restarted {
+        if self.mirror_unwritten() {
             let mirror: Vec<TopicChange> = self
                 .local
                 .registrations()
@@ -259,6 +268,7 @@ impl Registry {
                 })
                 .collect();
             broker.apply(&mirror, true).await?;
+            self.mirror_unwritten.store(false, Ordering::SeqCst);
             written += mirror.len();
         }
         let (changes, marks) = self.pending.snapshot(|topic| {
@@ -269,6 +279,25 @@ impl Registry {
         broker.apply(&changes, false).await?;
         self.pending.settle(&marks);
         Ok(written + changes.len())
+    }
+
+    /// The broker lost its data: from now until the next successful
+    /// write-back, this node's registrations count as pending (called by the
+    /// join before it reports `cluster`, so no lookup in between takes a
+    /// missing key for an unregister).
+    pub fn note_restart(&self) {
+        self.mirror_unwritten
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a write-back has something to do.
+    pub fn needs_write_back(&self) -> bool {
+        self.pending() > 0 || self.mirror_unwritten()
+    }
+
+    fn mirror_unwritten(&self) -> bool {
+        self.mirror_unwritten
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Re-sets the pinned status topic in the broker so it never expires there.

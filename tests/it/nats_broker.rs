@@ -183,13 +183,21 @@ async fn chaos(keep_store: bool) {
         sent += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Both rejoined (on a loaded machine a rejoin may still be under way
+    // when the stream ends; the drains read until half a second of quiet).
+    for node in [&a, &b] {
+        node.wait_status(Duration::from_secs(10), "rejoined after the restart", |s| {
+            s["mode"] == "cluster"
+        })
+        .await;
+    }
     let (local, local_resyncs) = drain(&mut on_a).await;
     assert_eq!(local, (0..sent).collect::<Vec<_>>(), "node A's own socket");
     assert_eq!(local_resyncs, 1, "one resync notice on A after its rejoin");
     let (remote, remote_resyncs) = drain(&mut on_b).await;
     assert_eq!(
         remote_resyncs, 1,
-        "B's socket is told it may have missed events"
+        "B's socket is told it may have missed events: {remote:?}"
     );
     assert_eq!(remote.last().copied(), Some(sent - 1), "B got {remote:?}");
     assert!(
