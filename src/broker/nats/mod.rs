@@ -205,10 +205,23 @@ impl NatsBroker {
         &self,
         future: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, BrokerError> {
-        let timeout = self.settings.command_timeout;
+        let future = async {
+            future
+                .await
+                .map_err(|error| BrokerError::NatsUnavailable(error.to_string()))
+        };
+        self.within_for(self.settings.command_timeout, future).await
+    }
+
+    /// `future` within `timeout`; a failure is counted, and a timeout
+    /// pauses JetStream requests for a moment.
+    async fn within_for<T>(
+        &self,
+        timeout: Duration,
+        future: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
         let result = match tokio::time::timeout(timeout, future).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(BrokerError::NatsUnavailable(error.to_string())),
+            Ok(result) => result,
             Err(_) => {
                 self.pause_jetstream();
                 Err(BrokerError::NatsTimeout(timeout))
@@ -345,19 +358,17 @@ impl NatsBroker {
         use async_nats::client::RequestErrorKind;
         let timeout = self.settings.command_timeout;
         let request = client.request(self.ack_subject.clone(), bytes::Bytes::new());
-        let result = match tokio::time::timeout(timeout, request).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders => Ok(()),
-            Ok(Err(error)) if error.kind() == RequestErrorKind::TimedOut => {
-                Err(BrokerError::NatsTimeout(timeout))
+        let answered = async {
+            match request.await {
+                Ok(_) => Ok(()),
+                Err(error) if error.kind() == RequestErrorKind::NoResponders => Ok(()),
+                Err(error) if error.kind() == RequestErrorKind::TimedOut => {
+                    Err(BrokerError::NatsTimeout(timeout))
+                }
+                Err(error) => Err(BrokerError::NatsUnavailable(error.to_string())),
             }
-            Ok(Err(error)) => Err(BrokerError::NatsUnavailable(error.to_string())),
-            Err(_) => Err(BrokerError::NatsTimeout(timeout)),
         };
-        if result.is_err() {
-            self.note_failure();
-        }
-        result
+        self.within_for(timeout, answered).await
     }
 
     /// The live nodes: roster entries written within the alive window, and
@@ -372,13 +383,7 @@ impl NatsBroker {
             self.entries(&buckets.nodes).await
         };
         // One request's time at most: this is asked while joining.
-        let timeout = self.settings.command_timeout;
-        let read = tokio::time::timeout(timeout, read);
-        let read = read.await.unwrap_or_else(|_| {
-            self.pause_jetstream();
-            Err(BrokerError::NatsTimeout(timeout))
-        });
-        let entries = match read {
+        let entries = match self.within_for(self.settings.command_timeout, read).await {
             Ok(entries) => entries,
             Err(error) => {
                 return match self.last_alive.load(Ordering::Relaxed) {

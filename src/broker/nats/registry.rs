@@ -109,20 +109,18 @@ impl NatsBroker {
                         self.within(buckets.topics.put(key, value)).await?;
                         continue;
                     }
-                    let create = buckets.topics.create(key, value);
-                    match tokio::time::timeout(self.settings.command_timeout, create).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                        Ok(Err(error)) => {
-                            self.note_failure();
-                            return Err(BrokerError::NatsUnavailable(error.to_string()));
+                    let create = async {
+                        match buckets.topics.create(key, value).await {
+                            Ok(_) => Ok(()),
+                            // There: not replaced (another node wrote it since).
+                            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                                Ok(())
+                            }
+                            Err(error) => Err(BrokerError::NatsUnavailable(error.to_string())),
                         }
-                        Err(_) => {
-                            self.note_failure();
-                            self.pause_jetstream();
-                            return Err(BrokerError::NatsTimeout(self.settings.command_timeout));
-                        }
-                    }
+                    };
+                    self.within_for(self.settings.command_timeout, create)
+                        .await?;
                 }
                 TopicChange::Unregister { topic } => {
                     self.purge(&buckets.topics, &keys::encode(topic)).await?;
@@ -192,18 +190,8 @@ impl NatsBroker {
             Ok::<_, String>(stored)
         };
         // A bulk read may take longer than one request: a few timeouts.
-        let timeout = self.settings.command_timeout * 5;
-        match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(stored)) => Ok(stored),
-            Ok(Err(error)) => {
-                self.note_failure();
-                Err(BrokerError::NatsUnavailable(error))
-            }
-            Err(_) => {
-                self.note_failure();
-                self.pause_jetstream();
-                Err(BrokerError::NatsTimeout(timeout))
-            }
-        }
+        let read = async { read.await.map_err(BrokerError::NatsUnavailable) };
+        self.within_for(self.settings.command_timeout * 5, read)
+            .await
     }
 }

@@ -41,13 +41,9 @@ impl NatsBroker {
         let mut link = self.link.subscribe();
         let losses = link.borrow_and_update().losses;
         let client = self.client().await?.clone();
-        let timeout = self.settings.command_timeout;
-        let ensured = tokio::time::timeout(timeout, self.ensure_buckets(&client))
-            .await
-            .unwrap_or_else(|_| {
-                self.pause_jetstream();
-                Err(BrokerError::NatsTimeout(timeout))
-            });
+        let ensured = self
+            .within_for(self.settings.command_timeout, self.ensure_buckets(&client))
+            .await;
         if let Err(error) = ensured {
             // JetStream may be electing leaders after a server of a cluster
             // went (NATS takes seconds): fan-out needs only core NATS, so
