@@ -18,6 +18,23 @@ async fn nats_node(url: &str, extra: &str) -> TestNode {
     TestNode::start(&format!("nats_url: \"{url}\"\n{extra}")).await
 }
 
+/// Two nodes on `url` with `extra`, both in cluster mode with two nodes.
+async fn joined_pair(url: &str, extra: &str) -> (TestNode, TestNode) {
+    let a = nats_node(url, extra).await;
+    let b = nats_node(url, extra).await;
+    a.wait_cluster(2, Duration::from_secs(15)).await;
+    b.wait_cluster(2, Duration::from_secs(15)).await;
+    (a, b)
+}
+
+/// Registered on `a`, a socket on `b`: a publish on `a` reaches it.
+async fn crosses(a: &TestNode, b: &TestNode, topic: &str, require_token: bool, what: &str) {
+    a.register(topic, require_token).await;
+    let mut socket = b.socket(topic, 1).await;
+    assert_eq!(a.publish(topic, &json!({"seq": 1})).await, 200);
+    socket.expect_push(&json!({"seq": 1}), what).await;
+}
+
 /// The topics in the registry bucket, read with a NATS client of its own.
 async fn bucket_keys(url: &str, bucket: &str) -> Result<Vec<String>, String> {
     let run = async {
@@ -118,10 +135,7 @@ async fn two_nodes_on_one_nats_server_fan_out_in_order_with_registry_and_roster(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_expire_with_the_topic_ttl_and_a_reregister_refreshes() {
     let nats = NatsServer::start(&tempdir("nats-ttl"));
-    let a = nats_node(&nats.url(), "topic_ttl: 3s").await;
-    let b = nats_node(&nats.url(), "topic_ttl: 3s").await;
-    a.wait_cluster(2, Duration::from_secs(15)).await;
-    b.wait_cluster(2, Duration::from_secs(15)).await;
+    let (a, b) = joined_pair(&nats.url(), "topic_ttl: 3s").await;
     a.register("short", false).await;
     a.register("kept", false).await;
     assert_eq!(b.publish("short", &json!(1)).await, 200);
@@ -150,10 +164,7 @@ async fn registrations_expire_with_the_topic_ttl_and_a_reregister_refreshes() {
 /// (with its store or a fresh one).
 async fn chaos(keep_store: bool) {
     let mut nats = NatsServer::start(&tempdir("nats-chaos"));
-    let a = nats_node(&nats.url(), "topic_ttl: 1h").await;
-    let b = nats_node(&nats.url(), "topic_ttl: 1h").await;
-    a.wait_cluster(2, Duration::from_secs(15)).await;
-    b.wait_cluster(2, Duration::from_secs(15)).await;
+    let (a, b) = joined_pair(&nats.url(), "topic_ttl: 1h").await;
     a.register("stream", true).await;
     let mut on_a = a.socket("stream", 1).await;
     let mut on_b = b.socket("stream", 2).await;
@@ -425,12 +436,7 @@ async fn the_binary_runs_on_a_password_protected_nats_from_its_config_file() {
     let c = BinaryNode::start(&dir, "c", &wrong).await;
     let status = c
         .client
-        .wait_status(Duration::from_secs(10), "degraded with a reason", |s| {
-            s["mode"] == "degraded"
-                && s["redis_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("nats"))
-        })
+        .wait_degraded("nats", "degraded with a reason")
         .await;
     eprintln!("wrong password: {}", status["redis_error"]);
 }
@@ -440,10 +446,7 @@ async fn the_cluster_wide_connect_rate_is_counted_in_the_connects_bucket() {
     use crate::support::raw_upgrade;
     let nats = NatsServer::start(&tempdir("nats-connect-rate"));
     let extra = "limits:\n  cluster_connect_rate_per_ip: 4";
-    let a = nats_node(&nats.url(), extra).await;
-    let b = nats_node(&nats.url(), extra).await;
-    a.wait_cluster(2, Duration::from_secs(15)).await;
-    b.wait_cluster(2, Duration::from_secs(15)).await;
+    let (a, b) = joined_pair(&nats.url(), extra).await;
     a.register("rated", false).await;
     let (mut accepted, mut refused, mut held) = (0, 0, Vec::new());
     for i in 0..16 {
@@ -517,27 +520,12 @@ async fn mutual_tls_and_a_token_and_a_wrong_ca_says_why() {
         )
     };
     let url = format!("tls://127.0.0.1:{port}");
-    let a = nats_node(&url, &settings(&path(&certs.ca))).await;
-    let b = nats_node(&url, &settings(&path(&certs.ca))).await;
-    a.wait_cluster(2, Duration::from_secs(15)).await;
-    b.wait_cluster(2, Duration::from_secs(15)).await;
-    a.register("tls-topic", true).await;
-    let mut socket = b.socket("tls-topic", 4).await;
-    assert_eq!(a.publish("tls-topic", &json!({"seq": 1})).await, 200);
-    socket
-        .expect_push(&json!({"seq": 1}), "cross-node over mutual TLS")
-        .await;
+    let (a, b) = joined_pair(&url, &settings(&path(&certs.ca))).await;
+    crosses(&a, &b, "tls-topic", true, "cross-node over mutual TLS").await;
 
     // A CA that did not sign the server's certificate: degraded, and why.
     let wrong = nats_node(&url, &settings(&path(&certs.unrelated_ca()))).await;
-    let status = wrong
-        .wait_status(Duration::from_secs(10), "degraded with a reason", |s| {
-            s["mode"] == "degraded"
-                && s["redis_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("nats"))
-        })
-        .await;
+    let status = wrong.wait_degraded("nats", "degraded with a reason").await;
     eprintln!("wrong CA: {}", status["redis_error"]);
     assert!(
         status["redis_error"]
@@ -572,25 +560,12 @@ async fn an_nkey_seed_file_authenticates() {
     .await;
     let url = format!("nats://127.0.0.1:{port}");
     let extra = format!("nats:\n  nkey_seed_file: \"{}\"", seed_file.display());
-    let a = nats_node(&url, &extra).await;
-    let b = nats_node(&url, &extra).await;
-    a.wait_cluster(2, Duration::from_secs(15)).await;
-    b.wait_cluster(2, Duration::from_secs(15)).await;
-    a.register("nkey-topic", false).await;
-    let mut socket = b.socket("nkey-topic", 5).await;
-    assert_eq!(a.publish("nkey-topic", &json!({"seq": 1})).await, 200);
-    socket
-        .expect_push(&json!({"seq": 1}), "cross-node with an NKey user")
-        .await;
+    let (a, b) = joined_pair(&url, &extra).await;
+    crosses(&a, &b, "nkey-topic", false, "cross-node with an NKey user").await;
     // Without the seed the server refuses the node.
     let refused = nats_node(&url, "").await;
     let status = refused
-        .wait_status(Duration::from_secs(10), "refused without the NKey", |s| {
-            s["mode"] == "degraded"
-                && s["redis_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("authorization"))
-        })
+        .wait_degraded("authorization", "refused without the NKey")
         .await;
     eprintln!("without the NKey: {}", status["redis_error"]);
 }

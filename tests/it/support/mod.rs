@@ -165,6 +165,18 @@ impl NodeClient {
         .await
     }
 
+    /// Polls status until the node is degraded and `redis_error` (the
+    /// broker's error) mentions `needle`.
+    pub async fn wait_degraded(&self, needle: &str, what: &str) -> Value {
+        self.wait_status(Duration::from_secs(10), what, |s| {
+            s["mode"] == "degraded"
+                && s["redis_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(needle))
+        })
+        .await
+    }
+
     /// Polls status until `check` holds (at most `within`).
     pub async fn wait_status(
         &self,
