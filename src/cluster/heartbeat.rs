@@ -37,7 +37,7 @@ impl Cluster {
                 tracing::debug!(%error, "could not refresh the status topic");
             }
             if self.registry.needs_write_back() {
-                match self.registry.write_back(&self.broker, false).await {
+                match self.registry.write_back(&self.broker).await {
                     Ok(written) => {
                         tracing::info!(changes = written, "wrote pending registry changes to redis")
                     }

@@ -97,7 +97,7 @@ impl Cluster {
         if let Err(error) = self.registry.refresh_status_topic().await {
             tracing::debug!(%error, "could not register the status topic yet; the heartbeat retries");
         }
-        match self.registry.write_back(&self.broker, restarted).await {
+        match self.registry.write_back(&self.broker).await {
             Ok(0) => {}
             Ok(written) => tracing::info!(
                 changes = written,

@@ -247,13 +247,10 @@ impl Registry {
     }
 
     /// Writes the pending changes to the broker, in order. After a broker
-    /// restart (`restarted`) the whole local mirror is written first, only
-    /// where keys are missing. Returns how many changes were applied.
-    pub async fn write_back(&self, broker: &Broker, restarted: bool) -> Result<usize, BrokerError> {
+    /// restart ([`Registry::note_restart`], until one write-back succeeds)
+    /// the whole local mirror is written first, only where keys are missing. Returns how many changes were applied.
+    pub async fn write_back(&self, broker: &Broker) -> Result<usize, BrokerError> {
         use std::sync::atomic::Ordering;
-        if restarted {
-            self.note_restart();
-        }
         let _exclusive = self.writing.write().await;
         let mut written = 0;
         if self.mirror_unwritten() {
