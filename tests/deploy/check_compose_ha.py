@@ -290,6 +290,12 @@ def sentinel_file(results, binary, tmp, compose):
             sentinels[0], 26379, "sentinel", "get-master-addr-by-name", "mymaster") != before, 30)
         wait_until("both nodes back in cluster mode on the new master",
                    lambda: all(n.status().get("cluster_nodes") == 2 for n in nodes), 15)
+        # cluster_nodes may still be the old master's count for a moment:
+        # wait until both nodes are subscribed on the one the sentinels name.
+        host, port = stack.cli(sentinels[0], 26379, "sentinel", "get-master-addr-by-name", "mymaster").split()[:2]
+        master = next(name for name, address in stack.address.items() if address == host)
+        wait_until("both nodes subscribed on the new master", lambda: stack.cli(
+            master, int(port), "pubsub", "numsub", "wavelog:events").split()[-1:] == ["2"], 15)
         crosses(results, nodes[0], nodes[1], ["sentinel-check"], 2,
                 "sentinel file: a publish crosses the nodes after SENTINEL FAILOVER")
     finally:
