@@ -149,6 +149,11 @@ impl Dispatcher {
                         .dropped_frames
                         .fetch_add(delivery.dropped as u64, Ordering::Relaxed);
                 }
+                if delivery.stale > 0 {
+                    metrics
+                        .stale_frames
+                        .fetch_add(delivery.stale, Ordering::Relaxed);
+                }
             };
             loop {
                 let next = tokio::select! {

@@ -58,14 +58,22 @@ pub struct Delivery {
     /// Recipients the frame was written to directly (write-through), no
     /// session woken.
     pub written: usize,
+    /// Frames counted as missed instead: the publish went stale while it
+    /// was being fanned out (it, and the older frames queued before it, for
+    /// each socket it had not reached yet).
+    pub stale: u64,
 }
 
 impl Delivery {
     fn count(&mut self, pushed: Pushed) {
+        self.recipients += 1;
         self.dropped += usize::from(pushed.dropped);
         self.written += usize::from(pushed.written);
     }
 }
+
+/// Sockets served between two clock reads of a fan-out.
+const CLOCK_EVERY: usize = 64;
 
 impl Hub {
     /// A hub whose frames go stale after [`DEFAULT_MAX_FRAME_AGE`].
@@ -125,17 +133,25 @@ impl Hub {
     /// `limits.max_frame_age` after `accepted` (when the node took the
     /// publish), so its age counts from there, the fan-out queue included.
     pub fn deliver_accepted(&self, topic: &str, frame: &Frame, accepted: Instant) -> Delivery {
+        self.deliver_clocked(topic, frame, accepted, Instant::now)
+    }
+
+    /// [`deliver_accepted`](Self::deliver_accepted) reading the time from
+    /// `clock` (a test moves it half-way through a fan-out).
+    fn deliver_clocked(
+        &self,
+        topic: &str,
+        frame: &Frame,
+        accepted: Instant,
+        clock: impl FnMut() -> Instant,
+    ) -> Delivery {
         let Some(members) = self.topics.get(topic) else {
             return Delivery::default();
         };
-        let mut delivery = Delivery {
-            recipients: members.len(),
-            ..Delivery::default()
-        };
-        let stale_at = self.stale_at(accepted);
-        let wire = crate::frames::wire(frame);
+        let mut delivery = Delivery::default();
+        let mut fan_out = FanOut::new(self, frame, accepted, clock);
         for outbox in members.values() {
-            delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
+            fan_out.push(outbox, &mut delivery);
         }
         delivery
     }
@@ -148,12 +164,10 @@ impl Hub {
     /// [`deliver_all`](Self::deliver_all) for a frame accepted at `accepted`.
     pub fn deliver_all_accepted(&self, frame: &Frame, accepted: Instant) -> Delivery {
         let mut delivery = Delivery::default();
-        let stale_at = self.stale_at(accepted);
-        let wire = crate::frames::wire(frame);
+        let mut fan_out = FanOut::new(self, frame, accepted, Instant::now);
         for members in self.topics.iter() {
-            delivery.recipients += members.len();
             for outbox in members.values() {
-                delivery.count(outbox.push(frame, &wire, stale_at, self.queue_capacity));
+                fan_out.push(outbox, &mut delivery);
             }
         }
         delivery
@@ -221,6 +235,50 @@ impl Hub {
             });
         } else {
             self.anonymous.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One publish on its way to the sockets of a topic (or all of them).
+///
+/// Its age is checked again every [`CLOCK_EVERY`] sockets: a fan-out to
+/// thousands of sockets takes long enough under load for a publish that was
+/// fresh when the dispatcher took it to pass `max_frame_age` half-way. From
+/// then on the sockets it has not reached count it as missed (with what is
+/// still queued for them, older still), so no socket is handed a frame older
+/// than the bound, the last one of a big topic included.
+struct FanOut<'a, C> {
+    frame: &'a Frame,
+    wire: bytes::Bytes,
+    stale_at: Instant,
+    capacity: usize,
+    served: usize,
+    stale: bool,
+    clock: C,
+}
+
+impl<'a, C: FnMut() -> Instant> FanOut<'a, C> {
+    fn new(hub: &Hub, frame: &'a Frame, accepted: Instant, clock: C) -> Self {
+        FanOut {
+            frame,
+            wire: crate::frames::wire(frame),
+            stale_at: hub.stale_at(accepted),
+            capacity: hub.queue_capacity,
+            served: 0,
+            stale: false,
+            clock,
+        }
+    }
+
+    fn push(&mut self, outbox: &Outbox, delivery: &mut Delivery) {
+        if self.served % CLOCK_EVERY == 0 && !self.stale {
+            self.stale = (self.clock)() >= self.stale_at;
+        }
+        self.served += 1;
+        if self.stale {
+            delivery.stale += 1 + outbox.miss(1);
+        } else {
+            delivery.count(outbox.push(self.frame, &self.wire, self.stale_at, self.capacity));
         }
     }
 }
@@ -426,6 +484,47 @@ mod tests {
             Some(Outgoing::Frame(frame("5")))
         );
         assert_eq!(s.outbox().pop(Staleness::DropAt(Instant::now())), None);
+    }
+
+    #[test]
+    fn a_publish_that_goes_stale_half_way_through_a_fan_out_is_missed_by_the_rest() {
+        let hub = Hub::with_limits(8, Duration::from_secs(1));
+        let sockets: Vec<Subscription> = (0..200).map(|_| hub.subscribe("t", 1)).collect();
+        let accepted = Instant::now();
+        hub.deliver("t", &frame("0"));
+        // The clock is read before sockets 0, 64, 128 and 192: fresh twice,
+        // then past the bound.
+        let mut reads = 0;
+        let clock = || {
+            reads += 1;
+            if reads <= 2 {
+                accepted
+            } else {
+                accepted + Duration::from_secs(2)
+            }
+        };
+        let delivery = hub.deliver_clocked("t", &frame("1"), accepted, clock);
+        assert_eq!(delivery.recipients, 2 * CLOCK_EVERY);
+        let late = 200 - 2 * CLOCK_EVERY;
+        assert_eq!(
+            delivery.stale,
+            2 * late as u64,
+            "the publish and the older queued frame, per socket not reached"
+        );
+        let mut got = (0, 0);
+        for s in &sockets {
+            let mut items = Vec::new();
+            while let Some(item) = s.outbox().pop(Staleness::Keep) {
+                items.push(item);
+            }
+            if items == [Outgoing::Frame(frame("0")), Outgoing::Frame(frame("1"))] {
+                got.0 += 1;
+            } else {
+                assert_eq!(items, [Outgoing::Lagged { missed: 2 }]);
+                got.1 += 1;
+            }
+        }
+        assert_eq!(got, (2 * CLOCK_EVERY, late));
     }
 
     #[test]
