@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{publish_pipelined, TestNode};
+use crate::support::{publish_pipelined, publish_pipelined_on, TestNode};
 
 const SOCKETS: usize = 50;
 const PUBLISHES: u64 = 400;
@@ -17,6 +17,49 @@ const STOP_AFTER: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_delivers_every_accepted_publish_then_closes_with_1001() {
+    stop_while_a_publisher_pipelines().await;
+}
+
+/// A publisher pipelines requests on a connection it opened before the
+/// stop and is slow to read the answers. The node answers the first with
+/// 503 and `Connection: close` while the rest are still unread on its side.
+/// Closed at once, the socket would be reset, and the reset loses what the
+/// client had not read yet (with a publisher mid-way, 200s of delivered
+/// publishes); closed lingering, the client reads the answer, then the end
+/// of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_slow_to_read_gets_its_answer_then_the_end_not_a_reset() {
+    let node = TestNode::start("").await;
+    node.register("last", false).await;
+    let mut ws = node.socket("last", 0).await;
+    let reader = tokio::spawn(async move { ws.read_until_close(Duration::from_secs(15)).await });
+    let connection = tokio::net::TcpStream::connect(node.internal)
+        .await
+        .expect("connect");
+    let stopping = tokio::spawn(node.stop());
+    // The node refuses publishes from the stop's first moment on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pad = "z".repeat(2 * 1024);
+    let payloads: Vec<_> = (0..PUBLISHES)
+        .map(|seq| json!({"seq": seq, "pad": pad}))
+        .collect();
+    // Slow to read: nothing is read for a second after the requests went.
+    let pause = Some((0, Duration::from_secs(1)));
+    let answers = publish_pipelined_on(connection, "last", &payloads, pause, |_| {}).await;
+    if let Err(error) = &answers.ended {
+        panic!(
+            "the answers ended in an error after {:?}: {error}",
+            answers.statuses
+        );
+    }
+    assert_eq!(answers.statuses, [503], "one refusal, then the end");
+    let (frames, code) = reader.await.unwrap();
+    assert!(frames.is_empty(), "nothing was accepted: {frames:?}");
+    assert_eq!(code, Some(1001));
+    stopping.await.unwrap();
+}
+
+async fn stop_while_a_publisher_pipelines() {
     // Queues long enough that no socket lags: what is tested is the stop.
     let node = TestNode::start("limits:\n  socket_queue: 1024").await;
     node.register("last", false).await;
@@ -41,13 +84,20 @@ async fn stop_delivers_every_accepted_publish_then_closes_with_1001() {
     let stopper = Arc::clone(&node);
     let mut stopping = None;
     let internal = node.lock().unwrap().as_ref().unwrap().internal;
-    let statuses = publish_pipelined(internal, "last", &payloads, |answered| {
+    let answers = publish_pipelined(internal, "last", &payloads, None, |answered| {
         if answered == STOP_AFTER {
             let node = stopper.lock().unwrap().take().unwrap();
             stopping = Some(tokio::spawn(node.stop()));
         }
     })
     .await;
+    if let Err(error) = &answers.ended {
+        panic!(
+            "the answers ended in an error after {} of them: {error}",
+            answers.statuses.len()
+        );
+    }
+    let statuses = answers.statuses;
     let accepted = statuses.iter().take_while(|status| **status == 200).count() as u64;
     assert!(
         statuses[accepted as usize..]

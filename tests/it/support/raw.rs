@@ -114,17 +114,39 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Publishes every payload to `topic` on one keep-alive connection, all
-/// requests written at once (HTTP/1.1 pipelining, answered in order), and
-/// returns the status of each in order, for as long as the server answers.
-/// `answered` is called with the count after each answer.
+/// What a pipelining publisher read: each answer's status, in order, and
+/// how the answers ended.
+pub struct Pipelined {
+    pub statuses: Vec<u16>,
+    /// `Ok` for an end of stream (or every answer read), the error for a
+    /// reset: a reset loses answers the client had not read yet.
+    pub ended: std::io::Result<()>,
+}
+
+/// Sends every publish on one keep-alive connection without waiting for
+/// answers (pipelined), then reads the answers; `answered` is called with
+/// the count after each one; once `pause.0` answers were read the reader
+/// sleeps `pause.1` before it reads on (a publisher slow to read them).
 pub async fn publish_pipelined(
     internal: SocketAddr,
     topic: &str,
     payloads: &[Value],
-    mut answered: impl FnMut(usize),
-) -> Vec<u16> {
+    pause: Option<(usize, Duration)>,
+    answered: impl FnMut(usize),
+) -> Pipelined {
     let stream = TcpStream::connect(internal).await.expect("connect");
+    publish_pipelined_on(stream, topic, payloads, pause, answered).await
+}
+
+/// [`publish_pipelined`] on a connection opened before.
+pub async fn publish_pipelined_on(
+    stream: TcpStream,
+    topic: &str,
+    payloads: &[Value],
+    pause: Option<(usize, Duration)>,
+    mut answered: impl FnMut(usize),
+) -> Pipelined {
+    let internal = stream.peer_addr().expect("peer address");
     let (reader, mut writer) = stream.into_split();
     let mut requests = Vec::new();
     for payload in payloads {
@@ -145,26 +167,37 @@ pub async fn publish_pipelined(
     });
     let mut reader = BufReader::new(reader);
     let mut statuses = Vec::new();
+    let mut ended = Ok(());
     while statuses.len() < payloads.len() {
-        let Some(status) = read_answer(&mut reader).await else {
-            break;
-        };
-        statuses.push(status);
+        if let Some((_, pause)) = pause.filter(|(after, _)| *after == statuses.len()) {
+            tokio::time::sleep(pause).await;
+        }
+        match read_answer(&mut reader).await {
+            Ok(Some(status)) => statuses.push(status),
+            Ok(None) => break,
+            Err(error) => {
+                ended = Err(error);
+                break;
+            }
+        }
         answered(statuses.len());
     }
     writing.abort();
-    statuses
+    Pipelined { statuses, ended }
 }
 
-/// One HTTP answer's status (its body skipped); `None` once the connection ends.
-async fn read_answer(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<u16> {
+/// One HTTP answer's status (its body skipped); `None` once the connection
+/// ends, an error if it was reset.
+async fn read_answer(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+) -> std::io::Result<Option<u16>> {
     let mut line = String::new();
     let mut status = None;
     let mut length = 0usize;
     loop {
         line.clear();
-        if reader.read_line(&mut line).await.ok()? == 0 {
-            return None;
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
         }
         let text = line.trim_end();
         if status.is_none() {
@@ -173,11 +206,11 @@ async fn read_answer(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> 
             break;
         } else if let Some((name, value)) = text.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().ok()?;
+                length = value.trim().parse().unwrap_or(0);
             }
         }
     }
     let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).await.ok()?;
-    status
+    reader.read_exact(&mut body).await?;
+    Ok(status)
 }

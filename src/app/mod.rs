@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+
+mod serve;
+
+use self::serve::{serve_connections, Edge};
 
 use crate::config::{redact_nats_url, redact_url, Config};
 use crate::node::Node;
@@ -29,8 +29,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// How long open internal API connections keep answering (503) after
 /// shutdown began, so a publisher's late request gets an answer, not a reset.
 const INTERNAL_DRAIN: Duration = Duration::from_secs(1);
-/// How long the internal API's in-flight requests get at shutdown.
-const INTERNAL_GRACE: Duration = Duration::from_secs(2);
+/// How long the internal API's connections get at shutdown: the drain, a
+/// request still in flight, then the lingering close (`serve::LINGER`).
+const INTERNAL_GRACE: Duration = Duration::from_secs(5);
 const LISTEN_BACKLOG: i32 = 4096;
 
 pub struct App {
@@ -163,8 +164,10 @@ fn serve_internal(
                 };
                 let router = crate::http::router(Arc::clone(&node));
                 let connections = TaskTracker::new();
-                serve_connections(listener, router, &node, &connections, INTERNAL_DRAIN, None)
-                    .await;
+                let edge = Edge::Internal {
+                    drain: INTERNAL_DRAIN,
+                };
+                serve_connections(listener, router, &node, &connections, edge).await;
                 // Requests in flight when shutdown began are answered before
                 // this runtime (and with it their tasks) goes away.
                 connections.close();
@@ -185,78 +188,10 @@ fn serve_internal(
 /// tracker, which shutdown waits for, each with its kernel send queue
 /// bounded (`ws::UNSENT_LIMIT`).
 async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
-    let unsent_limit = Some(crate::ws::UNSENT_LIMIT);
-    serve_connections(
-        listener,
-        router,
-        &node,
-        node.tasks(),
-        Duration::ZERO,
-        unsent_limit,
-    )
-    .await;
-}
-
-/// Accepts HTTP/1.1 connections for `router` (both listeners) with a
-/// deadline on the request head (slow-loris) and upgrades enabled, each on
-/// `tasks`; stops accepting at shutdown and lets open requests finish
-/// briefly. `unsent_limit` bounds each socket's not-yet-sent kernel queue.
-async fn serve_connections(
-    listener: TcpListener,
-    router: axum::Router,
-    node: &Node,
-    tasks: &TaskTracker,
-    drain: Duration,
-    unsent_limit: Option<u32>,
-) {
-    let header_timeout = node.config().limits.handshake_timeout;
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = node.shutdown().cancelled() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        if let Some(limit) = unsent_limit {
-            // Linux only; elsewhere the kernel's own sizing stays.
-            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(limit);
-        }
-        let router = router.clone();
-        let shutdown = node.shutdown().clone();
-        tasks.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(request)
-                });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    // Requests that still arrive on this open connection
-                    // during `drain` are answered (503 on the internal API),
-                    // not reset; then it closes once idle.
-                    if tokio::time::timeout(drain, connection.as_mut()).await.is_ok() {
-                        return;
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
-                }
-            }
-        });
-    }
+    let edge = Edge::Public {
+        unsent_limit: crate::ws::UNSENT_LIMIT,
+    };
+    serve_connections(listener, router, &node, node.tasks(), edge).await;
 }
 
 /// Frees expired registrations every second, so expiry releases memory.
