@@ -133,27 +133,44 @@ impl Hub {
     /// `limits.max_frame_age` after `accepted` (when the node took the
     /// publish), so its age counts from there, the fan-out queue included.
     pub fn deliver_accepted(&self, topic: &str, frame: &Frame, accepted: Instant) -> Delivery {
-        self.deliver_clocked(topic, frame, accepted, Instant::now)
+        self.deliver_clocked(topic, frame, accepted, usize::MAX, Instant::now)
+            .unwrap_or_default()
     }
 
-    /// [`deliver_accepted`](Self::deliver_accepted) reading the time from
+    /// [`deliver_accepted`](Self::deliver_accepted) if `topic` has at most
+    /// `max` sockets here (none: nothing to do); `None` if it has more.
+    pub fn deliver_small(
+        &self,
+        topic: &str,
+        frame: &Frame,
+        accepted: Instant,
+        max: usize,
+    ) -> Option<Delivery> {
+        self.deliver_clocked(topic, frame, accepted, max, Instant::now)
+    }
+
+    /// [`deliver_small`](Self::deliver_small) reading the time from
     /// `clock` (a test moves it half-way through a fan-out).
     fn deliver_clocked(
         &self,
         topic: &str,
         frame: &Frame,
         accepted: Instant,
+        max: usize,
         clock: impl FnMut() -> Instant,
-    ) -> Delivery {
+    ) -> Option<Delivery> {
         let Some(members) = self.topics.get(topic) else {
-            return Delivery::default();
+            return Some(Delivery::default());
         };
+        if members.len() > max {
+            return None;
+        }
         let mut delivery = Delivery::default();
         let mut fan_out = FanOut::new(self, frame, accepted, clock);
         for outbox in members.values() {
             fan_out.push(outbox, &mut delivery);
         }
-        delivery
+        Some(delivery)
     }
 
     /// Queues `frame` for every socket on this node (a notice for all).
@@ -503,7 +520,9 @@ mod tests {
                 accepted + Duration::from_secs(2)
             }
         };
-        let delivery = hub.deliver_clocked("t", &frame("1"), accepted, clock);
+        let delivery = hub
+            .deliver_clocked("t", &frame("1"), accepted, usize::MAX, clock)
+            .expect("no limit");
         assert_eq!(delivery.recipients, 2 * CLOCK_EVERY);
         let late = 200 - 2 * CLOCK_EVERY;
         assert_eq!(
