@@ -12,7 +12,7 @@ mod redis_server;
 pub use self::answer::{parse_answer, request, Answer};
 pub use self::nats::{NatsCluster, NatsServer};
 pub use self::process::{binary_pair, tempdir, wait_port, BinaryNode, Process};
-pub use self::raw::{publish_pipelined, publish_pipelined_on, StuckSocket};
+pub use self::raw::{publish_pipelined, StuckSocket};
 pub use self::redis_ha::{ask, eventually, RedisCluster, Secured, SentinelSet};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
 

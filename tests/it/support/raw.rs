@@ -132,21 +132,9 @@ pub async fn publish_pipelined(
     topic: &str,
     payloads: &[Value],
     pause: Option<(usize, Duration)>,
-    answered: impl FnMut(usize),
-) -> Pipelined {
-    let stream = TcpStream::connect(internal).await.expect("connect");
-    publish_pipelined_on(stream, topic, payloads, pause, answered).await
-}
-
-/// [`publish_pipelined`] on a connection opened before.
-pub async fn publish_pipelined_on(
-    stream: TcpStream,
-    topic: &str,
-    payloads: &[Value],
-    pause: Option<(usize, Duration)>,
     mut answered: impl FnMut(usize),
 ) -> Pipelined {
-    let internal = stream.peer_addr().expect("peer address");
+    let stream = TcpStream::connect(internal).await.expect("connect");
     let (reader, mut writer) = stream.into_split();
     let mut requests = Vec::new();
     for payload in payloads {
