@@ -373,17 +373,30 @@ mod tests {
     use super::*;
     use crate::hub::{Outgoing, Staleness};
 
+    /// A dispatcher on `hub` with a 2 s drain window, and its task (not
+    /// spawned: each test decides when it runs).
+    fn dispatcher_on(
+        hub: &Arc<Hub>,
+        metrics: &Arc<Metrics>,
+        shutdown: &CancellationToken,
+    ) -> (
+        Dispatcher,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        Dispatcher::new(
+            Arc::clone(hub),
+            Arc::clone(metrics),
+            shutdown.clone(),
+            Duration::from_secs(2),
+        )
+    }
+
     #[tokio::test]
     async fn at_shutdown_what_was_queued_is_delivered_and_later_frames_are_refused() {
         let hub = Hub::new(1_000);
         let socket = hub.subscribe("t", 1);
         let shutdown = CancellationToken::new();
-        let (dispatcher, task) = Dispatcher::new(
-            Arc::clone(&hub),
-            Arc::new(Metrics::default()),
-            shutdown.clone(),
-            Duration::from_secs(2),
-        );
+        let (dispatcher, task) = dispatcher_on(&hub, &Arc::new(Metrics::default()), &shutdown);
         // Queued before the task runs (behind a notice, so none of it is
         // delivered inline), then shutdown: all of it still arrives.
         dispatcher.broadcast(Frame::from_static(b"notice")).await;
@@ -425,12 +438,7 @@ mod tests {
         let b = hub.subscribe("t", 2);
         let other = hub.subscribe("u", 3);
         let metrics = Arc::new(Metrics::default());
-        let (dispatcher, task) = Dispatcher::new(
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-            CancellationToken::new(),
-            Duration::from_secs(2),
-        );
+        let (dispatcher, task) = dispatcher_on(&hub, &metrics, &CancellationToken::new());
         let frame = |n: u32| Frame::from(n.to_string());
         // A notice first: what follows is queued behind it, not inline.
         dispatcher.broadcast(frame(100)).await;
@@ -479,12 +487,7 @@ mod tests {
         let hub = Hub::with_limits(1_000, Duration::from_secs(1));
         let s = hub.subscribe("t", 1);
         let metrics = Arc::new(Metrics::default());
-        let (dispatcher, task) = Dispatcher::new(
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-            CancellationToken::new(),
-            Duration::from_secs(2),
-        );
+        let (dispatcher, task) = dispatcher_on(&hub, &metrics, &CancellationToken::new());
         dispatcher.broadcast(Frame::from_static(b"notice")).await;
         dispatcher
             .dispatch("t".to_string(), Frame::from_static(b"0"))
@@ -512,12 +515,7 @@ mod tests {
             .map(|id| hub.subscribe("big", id))
             .collect();
         let shutdown = CancellationToken::new();
-        let (dispatcher, task) = Dispatcher::new(
-            Arc::clone(&hub),
-            Arc::new(Metrics::default()),
-            shutdown.clone(),
-            Duration::from_secs(2),
-        );
+        let (dispatcher, task) = dispatcher_on(&hub, &Arc::new(Metrics::default()), &shutdown);
         let frame = |text: &str| Frame::from(text.to_string());
         // No task running: a small topic's publish is in its outbox at once.
         dispatcher.dispatch("small".to_string(), frame("0")).await;

@@ -123,6 +123,20 @@ pub struct Pipelined {
     pub ended: std::io::Result<()>,
 }
 
+impl Pipelined {
+    /// The statuses, read to the end of the stream; a reset fails the test
+    /// (it may have cost answers the client never read).
+    pub fn read_to_the_end(self) -> Vec<u16> {
+        if let Err(error) = &self.ended {
+            panic!(
+                "the answers ended in an error after {} of them: {error}",
+                self.statuses.len()
+            );
+        }
+        self.statuses
+    }
+}
+
 /// Sends every publish on one keep-alive connection without waiting for
 /// answers (pipelined), then reads the answers; `answered` is called with
 /// the count after each one; once `pause.0` answers were read the reader
