@@ -211,7 +211,6 @@ impl Dispatcher {
             // Resolves `drained` however the task ends, a panic included.
             let _done = done.drop_guard();
             let shared = task_shared;
-            let max_age = shared.hub.max_frame_age();
             // Stamps only go forward in queue order (two publishers may
             // stamp in one order and queue in the other), so that frames
             // in an outbox go stale front first.
@@ -247,11 +246,7 @@ impl Dispatcher {
                 let mut fresh = None;
                 let mut taken = 1;
                 loop {
-                    if queued
-                        .accepted
-                        .checked_add(max_age)
-                        .is_some_and(|at| at > now)
-                    {
+                    if shared.hub.is_fresh(queued.accepted, now) {
                         fresh = Some(queued);
                         break;
                     }

@@ -9,24 +9,31 @@ use serde_json::value::RawValue;
 /// One encoded WebSocket text message (UTF-8 JSON), shared by every recipient.
 pub type Frame = bytes::Bytes;
 
-/// The WebSocket header (server side: unmasked, FIN, text) of a frame
-/// whose payload is `len` bytes, and how many of the 10 bytes it uses (see
-/// [`wire`]); the codec (`ws::codec::encode_header`) writes the same bytes.
-pub fn text_header(len: usize) -> ([u8; 10], usize) {
-    let mut head = [0u8; 10];
-    head[0] = 0x81;
-    let used = if len < 126 {
-        head[1] = len as u8;
+/// Writes the header of a server frame (unmasked; `first` is FIN and the
+/// opcode) for a payload of `len` bytes, with the shortest length encoding;
+/// returns how many of the 10 bytes it used. The one header encoder: the
+/// codec's `ws::codec::encode_header` is this for its opcodes.
+pub fn encode_header(out: &mut [u8; 10], first: u8, len: usize) -> usize {
+    out[0] = first;
+    if len < 126 {
+        out[1] = len as u8;
         2
     } else if let Ok(len) = u16::try_from(len) {
-        head[1] = 126;
-        head[2..4].copy_from_slice(&len.to_be_bytes());
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
         4
     } else {
-        head[1] = 127;
-        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         10
-    };
+    }
+}
+
+/// The header of a final text frame whose payload is `len` bytes, and how
+/// many of the 10 bytes it uses (see [`wire`]).
+pub fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut head = [0u8; 10];
+    let used = encode_header(&mut head, 0x81, len);
     (head, used)
 }
 

@@ -3,15 +3,17 @@
 //! The hub never awaits. A publish is one shared frame (`Frame`, a
 //! reference-counted buffer) handed to each subscriber's [`Outbox`]: written
 //! straight into the socket when the socket is idle and takes it whole (one
-//! non-blocking `writev`, no task woken: write-through), queued for the
-//! socket's own session task otherwise. A full outbox
+//! non-blocking `send` of header and payload, built once per publish, no
+//! task woken: write-through), queued for the socket's own session task
+//! otherwise. A full outbox
 //! drops its *oldest* frame and counts it, so one slow socket costs a bounded
 //! amount of memory and never delays the publisher or any other socket.
 //! A frame older than `limits.max_frame_age` (from when the dispatcher
 //! queued the publish) is dropped by the session's next pop and reported
 //! in the same `lagged` notice; a publish the dispatcher finds stale is not
 //! delivered but counted as missed by every socket of its topic
-//! ([`Hub::miss`]).
+//! ([`Hub::miss`]), and one that goes stale during its fan-out by the
+//! sockets it has not reached.
 //!
 //! The hub also keeps the per-node counts the status endpoint reports; the
 //! outbox itself is `outbox.rs`.
@@ -195,27 +197,23 @@ impl Hub {
     /// on it, in its next lag notice, with the (older, so stale) frames
     /// still queued for it; how many frames that is in all.
     pub fn miss(&self, topic: &str, n: u64) -> u64 {
-        let Some(members) = self.topics.get(topic) else {
-            return 0;
-        };
-        members.values().map(|outbox| n + outbox.miss(n)).sum()
+        self.topics
+            .get(topic)
+            .map_or(0, |members| miss_each(&members, n))
     }
 
     /// [`miss`](Self::miss) for notices to every socket on this node.
     pub fn miss_all(&self, n: u64) -> u64 {
-        let mut frames = 0;
-        for members in self.topics.iter() {
-            frames += members
-                .values()
-                .map(|outbox| n + outbox.miss(n))
-                .sum::<u64>();
-        }
-        frames
+        self.topics
+            .iter()
+            .map(|members| miss_each(&members, n))
+            .sum()
     }
 
-    /// The age after which a publish is no longer delivered.
-    pub fn max_frame_age(&self) -> Duration {
-        self.max_frame_age
+    /// Whether a publish accepted at `accepted` is still delivered at
+    /// `now` (younger than `limits.max_frame_age`).
+    pub fn is_fresh(&self, accepted: Instant, now: Instant) -> bool {
+        now < self.stale_at(accepted)
     }
 
     /// When a frame accepted at `accepted` goes stale.
@@ -254,6 +252,11 @@ impl Hub {
             self.anonymous.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// `n` missed publishes for each of `members`; the frames that makes.
+fn miss_each(members: &HashMap<u64, Arc<Outbox>>, n: u64) -> u64 {
+    members.values().map(|outbox| n + outbox.miss(n)).sum()
 }
 
 /// One publish on its way to the sockets of a topic (or all of them).

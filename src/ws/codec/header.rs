@@ -86,19 +86,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<FrameHeader>, DecodeError> {
 /// Writes the header of a final, unmasked server frame with the shortest
 /// length encoding; returns its length.
 pub fn encode_header(out: &mut [u8; MAX_HEADER], opcode: Opcode, len: usize) -> usize {
-    out[0] = FIN | opcode.bits();
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
-    }
+    crate::frames::encode_header(out, FIN | opcode.bits(), len)
 }
 
 #[cfg(test)]
