@@ -48,6 +48,45 @@ struct TargetArgs {
     server_pid: Option<u32>,
 }
 
+/// A fan-out load (the server's, or the floor's with the same shape).
+#[derive(Args, Clone, Copy)]
+struct LoadArgs {
+    #[arg(long, default_value_t = 10_000)]
+    sockets: usize,
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Publishes (the floor: bursts) per second, all topics together.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+}
+
+/// [`LoadArgs`] within the generator's bounds.
+#[derive(Clone, Copy)]
+struct Load {
+    sockets: usize,
+    topics: usize,
+    rate: f64,
+    duration: Duration,
+    payload_bytes: usize,
+}
+
+impl LoadArgs {
+    fn bounded(self) -> Result<Load> {
+        Ok(Load {
+            sockets: bounded(self.sockets)?,
+            topics: self.topics,
+            rate: self.rate,
+            duration: Duration::from_secs(self.duration.min(600)),
+            payload_bytes: self.payload_bytes.min(512 * 1024),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     /// Idle authenticated sockets: RSS per socket, connect+auth rate and latency.
@@ -66,18 +105,8 @@ enum Scenario {
     Fanout {
         #[command(flatten)]
         target: TargetArgs,
-        #[arg(long, default_value_t = 10_000)]
-        sockets: usize,
-        #[arg(long, default_value_t = 1)]
-        topics: usize,
-        /// Publishes per second (all topics together).
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
-        /// Seconds of publishing.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 100)]
-        payload_bytes: usize,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Also run the floor with the same receivers, rate and frame size
         /// (floor first, then the server, `--rounds` times alternately) and
         /// print server CPU per delivery / floor.
@@ -90,17 +119,8 @@ enum Scenario {
     /// The floor alone: the fan-out's receivers fed by a plain sender
     /// process, one non-blocking write(2) per socket per burst; its CPU per write.
     Floor {
-        #[arg(long, default_value_t = 10_000)]
-        sockets: usize,
-        #[arg(long, default_value_t = 1)]
-        topics: usize,
-        /// Bursts per second (all topics together).
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 100)]
-        payload_bytes: usize,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// The floor's sender (started by `floor`; not for direct use).
     #[command(hide = true)]
@@ -284,47 +304,26 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
         }
         Scenario::Fanout {
             target: t,
-            sockets,
-            topics,
-            rate,
-            duration,
-            payload_bytes,
+            load,
             floor,
             rounds,
         } => {
-            let targets = vec![target(t)?];
-            let sockets = bounded(sockets)?;
-            let duration = Duration::from_secs(duration.min(600));
+            let target = target(t)?;
+            let load = load.bounded()?;
             if floor {
-                compare(
-                    &targets[0],
-                    sockets,
-                    topics,
-                    rate,
-                    duration,
-                    payload_bytes,
-                    rounds.clamp(1, 10),
-                )
-                .await
+                compare(&target, load, rounds.clamp(1, 10)).await
             } else {
-                scenario::fanout(&targets, sockets, topics, rate, duration, payload_bytes).await
+                fanout(std::slice::from_ref(&target), load).await
             }
         }
-        Scenario::Floor {
-            sockets,
-            topics,
-            rate,
-            duration,
-            payload_bytes,
-        } => Ok(floor::floor(
-            bounded(sockets)?,
-            topics,
-            rate,
-            Duration::from_secs(duration.min(600)),
-            payload_bytes.min(512 * 1024),
-        )
-        .await?
-        .0),
+        Scenario::Floor { load } => {
+            let l = load.bounded()?;
+            Ok(
+                floor::floor(l.sockets, l.topics, l.rate, l.duration, l.payload_bytes)
+                    .await?
+                    .0,
+            )
+        }
         Scenario::FloorSender {
             sockets,
             topics,
@@ -360,8 +359,14 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             if targets.len() < 2 {
                 bail!("cluster needs two --node");
             }
-            let total = bounded(sockets_per_node * targets.len())?;
-            fanout(targets, total, 1, rate, duration, payload_bytes).await
+            let load = LoadArgs {
+                sockets: sockets_per_node * targets.len(),
+                topics: 1,
+                rate,
+                duration,
+                payload_bytes,
+            };
+            fanout(&targets, load.bounded()?).await
         }
         Scenario::Churn {
             target: t,
@@ -444,30 +449,21 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
 
 /// Floor, then the server, `rounds` times, with the same receivers, rate
 /// and frame size; prints server CPU per delivery / floor of each pair.
-async fn compare(
-    target: &Target,
-    sockets: usize,
-    topics: usize,
-    rate: f64,
-    duration: Duration,
-    payload_bytes: usize,
-    rounds: usize,
-) -> Result<serde_json::Value> {
+async fn compare(target: &Target, load: Load, rounds: usize) -> Result<serde_json::Value> {
+    let Load {
+        sockets,
+        topics,
+        rate,
+        duration,
+        payload_bytes,
+    } = load;
     let mut pairs = Vec::new();
     let mut ratios = Vec::new();
     let mut lines = Vec::new();
     for round in 1..=rounds {
         let (floor_json, floor) =
             floor::floor(sockets, topics, rate, duration, payload_bytes).await?;
-        let server = scenario::fanout(
-            std::slice::from_ref(target),
-            sockets,
-            topics,
-            rate,
-            duration,
-            payload_bytes,
-        )
-        .await?;
+        let server = fanout(std::slice::from_ref(target), load).await?;
         let node = &server["nodes"][0];
         let per_delivery = node["cpu_us_per_delivery"].as_f64();
         let p99 = node["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
@@ -520,16 +516,17 @@ async fn compare(
     }))
 }
 
-async fn fanout(
-    targets: Vec<Target>,
-    sockets: usize,
-    topics: usize,
-    rate: f64,
-    seconds: u64,
-    payload_bytes: usize,
-) -> Result<serde_json::Value> {
-    let duration = Duration::from_secs(seconds.min(600));
-    scenario::fanout(&targets, sockets, topics, rate, duration, payload_bytes).await
+/// The fan-out scenario: `load` over the sockets of every target.
+async fn fanout(targets: &[Target], load: Load) -> Result<serde_json::Value> {
+    scenario::fanout(
+        targets,
+        load.sockets,
+        load.topics,
+        load.rate,
+        load.duration,
+        load.payload_bytes,
+    )
+    .await
 }
 
 /// `WS,INTERNAL[,PID]` of a cluster node.
@@ -584,7 +581,14 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     }
     let idle = scenario::idle(&target, 200, 4, Duration::ZERO).await?;
     // The floor, then the same fan-out through the server: both complete.
-    let compared = compare(&target, 200, 4, 50.0, Duration::from_secs(2), 100, 1).await?;
+    let load = Load {
+        sockets: 200,
+        topics: 4,
+        rate: 50.0,
+        duration: Duration::from_secs(2),
+        payload_bytes: 100,
+    };
+    let compared = compare(&target, load, 1).await?;
     let floor = compared["rounds"][0]["floor"].clone();
     let fanout = compared["rounds"][0]["server"].clone();
     if floor["complete"] != true {
