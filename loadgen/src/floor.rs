@@ -386,10 +386,10 @@ fn report(
     let mut latencies = Vec::new();
     let (mut delivered, mut want, mut out_of_order) = (0u64, 0u64, 0u64);
     for r in &results {
-        delivered += r.count;
+        delivered += r.got.count;
         want += per_topic[r.topic];
-        out_of_order += r.out_of_order;
-        latencies.extend_from_slice(&r.latencies_us);
+        out_of_order += r.got.out_of_order;
+        latencies.extend_from_slice(&r.got.latencies_us);
     }
     let missing_receivers = sockets.saturating_sub(results.len());
     let complete = missing_receivers == 0 && delivered == want && out_of_order == 0;

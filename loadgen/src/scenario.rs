@@ -191,9 +191,34 @@ pub async fn idle(
 pub(crate) struct Received {
     pub(crate) node: usize,
     pub(crate) topic: usize,
+    pub(crate) got: Arrivals,
+}
+
+/// The pushes one receiver got: how many, how many out of sequence, and
+/// each one's publish→receive latency.
+#[derive(Default)]
+pub(crate) struct Arrivals {
     pub(crate) count: u64,
     pub(crate) out_of_order: u64,
     pub(crate) latencies_us: Vec<u64>,
+    /// The `seq` the next push should carry.
+    pub(crate) next_seq: u64,
+}
+
+impl Arrivals {
+    /// Counts `text` if it is a push (its payload's `seq` and send time
+    /// `t`), received `now_ns` after the epoch.
+    pub(crate) fn record(&mut self, text: &str, now_ns: u64) {
+        let (Some(seq), Some(t)) = (field(text, "\"seq\":"), field(text, "\"t\":")) else {
+            return;
+        };
+        if seq != self.next_seq {
+            self.out_of_order += 1;
+        }
+        self.next_seq = seq + 1;
+        self.count += 1;
+        self.latencies_us.push(now_ns.saturating_sub(t) / 1000);
+    }
 }
 
 /// Fan-out: `sockets` spread over `topic_count` topics (and over the nodes in
@@ -385,14 +410,11 @@ pub(crate) async fn receive(
     let mut received = Received {
         node,
         topic,
-        count: 0,
-        out_of_order: 0,
-        latencies_us: Vec::new(),
+        got: Arrivals::default(),
     };
-    let mut next_seq = 0u64;
     loop {
         if let Some((expected, drain_until)) = finish.get() {
-            if received.count >= expected[topic] || Instant::now() >= *drain_until {
+            if received.got.count >= expected[topic] || Instant::now() >= *drain_until {
                 break;
             }
         }
@@ -402,16 +424,9 @@ pub(crate) async fn receive(
             Ok(Err(_)) => break,
             Err(_) => continue,
         };
-        let now = epoch.elapsed().as_nanos() as u64;
-        let (Some(seq), Some(t)) = (field(&text, "\"seq\":"), field(&text, "\"t\":")) else {
-            continue;
-        };
-        if seq != next_seq {
-            received.out_of_order += 1;
-        }
-        next_seq = seq + 1;
-        received.count += 1;
-        received.latencies_us.push(now.saturating_sub(t) / 1000);
+        received
+            .got
+            .record(&text, epoch.elapsed().as_nanos() as u64);
     }
     (received, browser)
 }
@@ -452,13 +467,13 @@ fn summarize(
         let mut seen = 0usize;
         for r in results.iter().filter(|r| r.node == n) {
             seen += 1;
-            delivered += r.count;
+            delivered += r.got.count;
             want += expected[r.topic];
-            out_of_order += r.out_of_order;
-            if r.count == expected[r.topic] {
+            out_of_order += r.got.out_of_order;
+            if r.got.count == expected[r.topic] {
                 complete_sockets += 1;
             }
-            latencies.extend_from_slice(&r.latencies_us);
+            latencies.extend_from_slice(&r.got.latencies_us);
         }
         // Sockets whose receiver never reported count as empty.
         want += (per_node.saturating_sub(seen)) as u64 * (published / topics.len() as u64);
@@ -509,7 +524,7 @@ fn summarize(
         }));
     }
     let calls = Percentiles::of(&mut call_latencies);
-    let delivered_total: u64 = results.iter().map(|r| r.count).sum();
+    let delivered_total: u64 = results.iter().map(|r| r.got.count).sum();
     println!(
         "fanout: {published} publishes in {:.1} s ({:.1}/s, target {rate}/s), {failures} failed; {:.0} deliveries/s",
         elapsed.as_secs_f64(),

@@ -16,18 +16,16 @@ use tokio::task::JoinSet;
 use super::PublishStream;
 use crate::measure::{rss_kib, Percentiles};
 use crate::proto::Browser;
-use crate::scenario::{field, open_many, wait_sockets, Target};
+use crate::scenario::{field, open_many, wait_sockets, Arrivals, Target};
 
 /// What one socket saw.
 #[derive(Default)]
 struct Accounted {
-    pushes: u64,
+    /// The pushes; out of order: a push whose seq was not the one the
+    /// pushes and notices before it account for.
+    got: Arrivals,
     missed: u64,
     lag_notices: u64,
-    /// Pushes whose seq was not the one the pushes and notices before it
-    /// account for.
-    out_of_order: u64,
-    latencies_us: Vec<u64>,
 }
 
 /// `sockets` reading one topic; `publishes` of `payload_bytes` back-to-back.
@@ -87,23 +85,26 @@ pub async fn overload(
 
     let accounted = seen
         .iter()
-        .filter(|s| s.pushes + s.missed == accepted && s.out_of_order == 0)
+        .filter(|s| s.got.count + s.missed == accepted && s.got.out_of_order == 0)
         .count();
     // What the first few sockets that do not account for everything saw.
     for s in seen
         .iter()
-        .filter(|s| s.pushes + s.missed != accepted || s.out_of_order > 0)
+        .filter(|s| s.got.count + s.missed != accepted || s.got.out_of_order > 0)
         .take(3)
     {
         println!(
             "overload: unaccounted socket: {} pushes + {} missed of {accepted}, {} out of order, {} notices",
-            s.pushes, s.missed, s.out_of_order, s.lag_notices
+            s.got.count, s.missed, s.got.out_of_order, s.lag_notices
         );
     }
-    let pushes: u64 = seen.iter().map(|s| s.pushes).sum();
+    let pushes: u64 = seen.iter().map(|s| s.got.count).sum();
     let missed: u64 = seen.iter().map(|s| s.missed).sum();
     let notices: u64 = seen.iter().map(|s| s.lag_notices).sum();
-    let mut latencies: Vec<u64> = seen.iter().flat_map(|s| s.latencies_us.clone()).collect();
+    let mut latencies: Vec<u64> = seen
+        .iter()
+        .flat_map(|s| s.got.latencies_us.clone())
+        .collect();
     let latency = Percentiles::of(&mut latencies);
     let rate = accepted as f64 / publish_elapsed.as_secs_f64();
     let share = pushes as f64 * 100.0 / (accepted * sockets as u64).max(1) as f64;
@@ -140,10 +141,9 @@ async fn account(
     published: Arc<AtomicU64>,
 ) -> (Accounted, Browser) {
     let mut seen = Accounted::default();
-    let mut next_seq = 0u64;
     let mut silent_since = Instant::now();
     loop {
-        if next_seq >= published.load(Ordering::Relaxed) {
+        if seen.got.next_seq >= published.load(Ordering::Relaxed) {
             break;
         }
         if silent_since.elapsed() > Duration::from_secs(30) {
@@ -160,19 +160,10 @@ async fn account(
             let missed = field(&text, "\"missed\":").unwrap_or(0);
             seen.missed += missed;
             seen.lag_notices += 1;
-            next_seq += missed;
+            seen.got.next_seq += missed;
             continue;
         }
-        let (Some(seq), Some(t)) = (field(&text, "\"seq\":"), field(&text, "\"t\":")) else {
-            continue;
-        };
-        let now = epoch.elapsed().as_nanos() as u64;
-        if seq != next_seq {
-            seen.out_of_order += 1;
-        }
-        next_seq = seq + 1;
-        seen.pushes += 1;
-        seen.latencies_us.push(now.saturating_sub(t) / 1000);
+        seen.got.record(&text, epoch.elapsed().as_nanos() as u64);
     }
     (seen, browser)
 }
