@@ -35,6 +35,41 @@ use crate::scenario::{receive, Finish, Received};
 /// What the socket of skywave's public listener is given (`ws::UNSENT_LIMIT`).
 const UNSENT_LIMIT: u32 = 64 * 1024;
 
+/// Where the floor's sender runs: anywhere (the kernel's choice), or on
+/// the CPUs of a list, e.g. the ones the server is pinned to, so that the
+/// sender and the server share the receivers' placement, not one of them
+/// the receivers' CPU.
+#[derive(Debug, Clone, Default)]
+pub struct SenderCpus {
+    list: Option<String>,
+    cpus: Vec<usize>,
+}
+
+impl SenderCpus {
+    /// Checks a `taskset -c` list (none: anywhere).
+    pub fn new(list: Option<String>) -> Result<Self> {
+        let cpus = match &list {
+            Some(list) => crate::measure::parse_cpus(list).context("--floor-cpus")?,
+            None => Vec::new(),
+        };
+        Ok(SenderCpus { list, cpus })
+    }
+
+    /// Keeps the calling thread on the list's CPUs (no list: nothing).
+    pub fn pin_this_thread(&self) -> Result<()> {
+        if self.cpus.is_empty() {
+            return Ok(());
+        }
+        crate::measure::pin_thread(&self.cpus).with_context(|| {
+            format!(
+                "--floor-cpus {}: not CPUs this process may use ({})",
+                self.list.as_deref().unwrap_or(""),
+                crate::measure::allowed_cpus().unwrap_or_default()
+            )
+        })
+    }
+}
+
 /// One floor run's figures.
 #[derive(Debug, Clone, Copy)]
 pub struct FloorFigures {
@@ -47,26 +82,31 @@ pub struct FloorFigures {
 /// is a child process (this binary's hidden `floor-sender`): one process
 /// may hold 20,000 open files, and the sender's sockets are as many again
 /// as the receivers'; it is also a process of its own, as a server is.
-pub async fn floor(
-    sockets: usize,
-    topic_count: usize,
-    rate: f64,
-    duration: Duration,
-    payload_bytes: usize,
-) -> Result<(Value, FloorFigures)> {
+pub async fn floor(load: crate::Load, cpus: &SenderCpus) -> Result<(Value, FloorFigures)> {
+    let crate::Load {
+        sockets,
+        topics: topic_count,
+        rate,
+        duration,
+        payload_bytes,
+    } = load;
     let topic_count = topic_count.clamp(1, sockets.max(1));
+    let mut args = vec![
+        "floor-sender".to_string(),
+        format!("--sockets={sockets}"),
+        format!("--topics={topic_count}"),
+        format!("--rate={rate}"),
+        format!("--duration-ms={}", duration.as_millis()),
+        format!("--payload-bytes={payload_bytes}"),
+    ];
+    if let Some(list) = &cpus.list {
+        args.push(format!("--cpus={list}"));
+    }
     let epoch = Instant::now();
     let epoch_ns = monotonic_ns()?;
     let mut child = Command::new(std::env::current_exe().context("current_exe")?)
-        .args([
-            "floor-sender".to_string(),
-            format!("--sockets={sockets}"),
-            format!("--topics={topic_count}"),
-            format!("--rate={rate}"),
-            format!("--duration-ms={}", duration.as_millis()),
-            format!("--payload-bytes={payload_bytes}"),
-            format!("--epoch-ns={epoch_ns}"),
-        ])
+        .args(args)
+        .arg(format!("--epoch-ns={epoch_ns}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -233,6 +273,7 @@ pub fn sender(
         "user_s": sent.usage.user.as_secs_f64(), "system_s": sent.usage.system.as_secs_f64(),
         "voluntary_switches": sent.usage.voluntary_switches,
         "involuntary_switches": sent.usage.involuntary_switches,
+        "cpus_allowed": crate::measure::allowed_cpus().unwrap_or_default(),
     });
     // Keep the sockets open until the parent has read everything.
     let outlets = sent.outlets;
@@ -411,13 +452,14 @@ fn report(
         sent["would_block"]
     );
     println!(
-        "floor: sender thread CPU {:.3} s = {:.2} µs per write (user {:.2}, system {:.2}); {} voluntary + {} involuntary context switches",
+        "floor: sender thread CPU {:.3} s = {:.2} µs per write (user {:.2}, system {:.2}); {} voluntary + {} involuntary context switches; on CPUs {}",
         (user_us + system_us) / 1e6,
         figures.cpu_us_per_write,
         per(user_us),
         per(system_us),
         sent["voluntary_switches"],
-        sent["involuntary_switches"]
+        sent["involuntary_switches"],
+        sent["cpus_allowed"].as_str().unwrap_or("?")
     );
     println!(
         "floor: {delivered}/{want} deliveries, {out_of_order} out of order; write->receive latency {}",
@@ -431,6 +473,7 @@ fn report(
         "user_us_per_write": per(user_us), "sys_us_per_write": per(system_us),
         "deliveries": delivered, "expected": want, "out_of_order": out_of_order,
         "latency": latency.json(), "complete": complete,
+        "sender_cpus": sent["cpus_allowed"],
     });
     (summary, figures)
 }

@@ -115,12 +115,19 @@ enum Scenario {
         /// Floor/server pairs to run with `--floor`.
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// CPUs for the floor's sender (`taskset -c` list): the server's own
+        /// when the server is pinned, so both send from the same CPUs.
+        #[arg(long)]
+        floor_cpus: Option<String>,
     },
     /// The floor alone: the fan-out's receivers fed by a plain sender
     /// process, one non-blocking write(2) per socket per burst; its CPU per write.
     Floor {
         #[command(flatten)]
         load: LoadArgs,
+        /// CPUs for the sender (`taskset -c` list).
+        #[arg(long)]
+        floor_cpus: Option<String>,
     },
     /// The floor's sender (started by `floor`; not for direct use).
     #[command(hide = true)]
@@ -137,6 +144,9 @@ enum Scenario {
         payload_bytes: usize,
         #[arg(long)]
         epoch_ns: u64,
+        /// CPUs the sender thread is kept on (`taskset -c` list).
+        #[arg(long)]
+        cpus: Option<String>,
     },
     /// Two nodes via Redis: sockets split across them, publishes to the first.
     Cluster {
@@ -307,22 +317,21 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             load,
             floor,
             rounds,
+            floor_cpus,
         } => {
             let target = target(t)?;
             let load = load.bounded()?;
+            let floor_cpus = floor::SenderCpus::new(floor_cpus)?;
             if floor {
-                compare(&target, load, rounds.clamp(1, 10)).await
+                compare(&target, load, rounds.clamp(1, 10), &floor_cpus).await
             } else {
                 fanout(std::slice::from_ref(&target), load).await
             }
         }
-        Scenario::Floor { load } => {
+        Scenario::Floor { load, floor_cpus } => {
             let l = load.bounded()?;
-            Ok(
-                floor::floor(l.sockets, l.topics, l.rate, l.duration, l.payload_bytes)
-                    .await?
-                    .0,
-            )
+            let cpus = floor::SenderCpus::new(floor_cpus)?;
+            Ok(floor::floor(l, &cpus).await?.0)
         }
         Scenario::FloorSender {
             sockets,
@@ -331,8 +340,11 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             duration_ms,
             payload_bytes,
             epoch_ns,
+            cpus,
         } => {
+            let cpus = floor::SenderCpus::new(cpus)?;
             tokio::task::spawn_blocking(move || {
+                cpus.pin_this_thread()?;
                 floor::sender(
                     sockets,
                     topics,
@@ -449,20 +461,23 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
 
 /// Floor, then the server, `rounds` times, with the same receivers, rate
 /// and frame size; prints server CPU per delivery / floor of each pair.
-async fn compare(target: &Target, load: Load, rounds: usize) -> Result<serde_json::Value> {
+async fn compare(
+    target: &Target,
+    load: Load,
+    rounds: usize,
+    floor_cpus: &floor::SenderCpus,
+) -> Result<serde_json::Value> {
     let Load {
         sockets,
         topics,
         rate,
-        duration,
-        payload_bytes,
+        ..
     } = load;
     let mut pairs = Vec::new();
     let mut ratios = Vec::new();
     let mut lines = Vec::new();
     for round in 1..=rounds {
-        let (floor_json, floor) =
-            floor::floor(sockets, topics, rate, duration, payload_bytes).await?;
+        let (floor_json, floor) = floor::floor(load, floor_cpus).await?;
         let server = fanout(std::slice::from_ref(target), load).await?;
         let node = &server["nodes"][0];
         let per_delivery = node["cpu_us_per_delivery"].as_f64();
@@ -588,11 +603,22 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
         duration: Duration::from_secs(2),
         payload_bytes: 100,
     };
-    let compared = compare(&target, load, 1).await?;
+    // The floor's sender kept on one CPU (the first this process may use),
+    // as `benches/floor_goals.sh` keeps it on the server's.
+    let first_cpu = measure::allowed_cpus()?
+        .split([',', '-'])
+        .next()
+        .unwrap_or("0")
+        .to_string();
+    let pinned = floor::SenderCpus::new(Some(first_cpu.clone()))?;
+    let compared = compare(&target, load, 1, &pinned).await?;
     let floor = compared["rounds"][0]["floor"].clone();
     let fanout = compared["rounds"][0]["server"].clone();
     if floor["complete"] != true {
         bail!("smoke: the floor sender's frames did not all arrive in order: {floor}");
+    }
+    if floor["sender_cpus"] != first_cpu.as_str() {
+        bail!("smoke: the floor sender was to be kept on CPU {first_cpu}: {floor}");
     }
     // The overload policy: every frame a socket did not get is reported.
     let overload = failures::overload(&target, 200, 4_000, 1_000).await?;

@@ -168,3 +168,75 @@ pub fn context_switches(pid: u32) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// CPUs in `taskset -c` list syntax (`1`, `0-3`, `0,2-3`).
+pub fn parse_cpus(list: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<usize>()?, b.trim().parse::<usize>()?),
+            None => {
+                let cpu = part.parse::<usize>()?;
+                (cpu, cpu)
+            }
+        };
+        if first > last || last >= libc::CPU_SETSIZE as usize {
+            anyhow::bail!("CPU list {list:?}: {part:?} is not a range of CPUs");
+        }
+        cpus.extend(first..=last);
+    }
+    if cpus.is_empty() {
+        anyhow::bail!("CPU list {list:?} names no CPU");
+    }
+    Ok(cpus)
+}
+
+/// The CPUs the calling thread may run on, as the kernel lists them
+/// (`Cpus_allowed_list` of `/proc/thread-self/status`).
+pub fn allowed_cpus() -> Result<String> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| list.trim().to_string())
+        .context("no Cpus_allowed_list in /proc/thread-self/status")
+}
+
+/// Keeps the calling thread (and the threads it starts later) on `cpus`:
+/// `sched_setaffinity(0, …)`, as `taskset -c` does for a process.
+#[allow(unsafe_code)]
+pub fn pin_thread(cpus: &[usize]) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` < CPU_SETSIZE (checked by `parse_cpus`), so the bit
+        // is inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; the size is that of `set`, which
+    // lives for the call.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpus;
+
+    #[test]
+    fn cpu_lists_read_as_taskset_reads_them() {
+        assert_eq!(parse_cpus("1").ok(), Some(vec![1]));
+        assert_eq!(parse_cpus("0-2").ok(), Some(vec![0, 1, 2]));
+        assert_eq!(parse_cpus("0, 2-3").ok(), Some(vec![0, 2, 3]));
+        for bad in ["", "x", "3-1", "1-", "99999"] {
+            assert!(parse_cpus(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+}
