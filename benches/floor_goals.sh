@@ -4,6 +4,10 @@
 # printed. Bounded: every scenario stops by itself (and within 300 s).
 #   cargo build --release --workspace && benches/floor_goals.sh
 #
+# ROUNDS floor/server pairs per fan-out scenario, alternating (default 3):
+# the SUMMARY's median_cpu_ratio is the figure; the machine is shared and
+# one round moves by 20 % or more.
+#
 # Two CPU layouts (LAYOUT=shared|apart|both, default both):
 #  shared  every process anywhere, the kernel places them (the receivers
 #          often land on the sending thread's CPU and preempt it per write);
@@ -17,6 +21,8 @@ for b in target/release/skywave target/release/skywave-loadgen; do
   [ -x "$b" ] || { echo "$b is missing: cargo build --release --workspace" >&2; exit 1; }
 done
 layout=${LAYOUT:-both}
+rounds=${ROUNDS:-3}
+case "$rounds" in [1-9]|10) ;; *) echo "ROUNDS is 1 to 10, not $rounds" >&2; exit 1;; esac
 case "$layout" in shared|apart|both) ;; *) echo "LAYOUT is shared, apart or both, not $layout" >&2; exit 1;; esac
 export SKYWAVE_WORKER_SECRET=bench-secret-0123456789abcdef0123456789abcdef
 work=$(mktemp -d)
@@ -55,7 +61,7 @@ run() {
   sleep 1
   echo "== [$where] $*"
   timeout 300 "${pin_client[@]}" "$L" "$@" "${floor_cpus[@]}" --ws 127.0.0.1:19300 --internal 127.0.0.1:19301 --server-pid "$P" \
-    | grep -E 'round 1:|POST|context switches of|^floor: sender|^overload:|^idle|^SUMMARY' || true
+    | grep -E 'round [0-9]+:|^compare:|POST|context switches of|^floor: sender|^overload:|^idle|^SUMMARY' || true
   kill "$P"; wait "$P" 2>/dev/null || true
 }
 fanouts=(
@@ -67,7 +73,7 @@ fanouts=(
 if [ "$layout" != apart ]; then
   for f in "${fanouts[@]}"; do
     # shellcheck disable=SC2086
-    run shared fanout $f --duration 10 --floor
+    run shared fanout $f --duration 10 --floor --rounds "$rounds"
   done
   run shared overload --sockets 10000 --publishes 3000
   run shared idle --sockets 10000 --topics 10
@@ -79,6 +85,6 @@ if [ "$layout" != shared ]; then
   echo "apart: server and floor sender on CPUs $server_cpus, receivers and publisher on $client_cpus"
   for f in "${fanouts[@]}"; do
     # shellcheck disable=SC2086
-    run apart fanout $f --duration 10 --floor
+    run apart fanout $f --duration 10 --floor --rounds "$rounds"
   done
 fi
