@@ -15,12 +15,15 @@
 //! ([`Hub::miss`]), and one that goes stale during its fan-out by the
 //! sockets it has not reached.
 //!
+//! A topic's sockets are visited in the order they subscribed (see
+//! `Hub::topics`): the memory of consecutive sockets is then adjacent.
+//!
 //! The hub also keeps the per-node counts the status endpoint reports; the
 //! outbox itself is `outbox.rs`.
 
 mod outbox;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +35,14 @@ pub use self::outbox::{Outbox, Outgoing, Pushed, Staleness, Taken};
 pub use crate::frames::Frame;
 
 pub struct Hub {
-    topics: DashMap<Arc<str>, HashMap<u64, Arc<Outbox>>>,
+    /// Each topic's sockets by subscription id, which only grows: a fan-out
+    /// visits them in the order they subscribed, which is the order their
+    /// outboxes, streams and the kernel's socket structures were allocated
+    /// in, so one socket's memory is next to the previous one's. A hash
+    /// map visited them in hash order, a cache miss per object per socket:
+    /// 10k × 1 topic at 10/s, server and floor sender on one CPU, 1.27–1.34×
+    /// → 1.06–1.10× the floor's CPU per write (three alternating pairs).
+    topics: DashMap<Arc<str>, BTreeMap<u64, Arc<Outbox>>>,
     users: DashMap<i64, usize>,
     sockets: AtomicUsize,
     anonymous: AtomicUsize,
@@ -255,7 +265,7 @@ impl Hub {
 }
 
 /// `n` missed publishes for each of `members`; the frames that makes.
-fn miss_each(members: &HashMap<u64, Arc<Outbox>>, n: u64) -> u64 {
+fn miss_each(members: &BTreeMap<u64, Arc<Outbox>>, n: u64) -> u64 {
     members.values().map(|outbox| n + outbox.miss(n)).sum()
 }
 
