@@ -36,8 +36,20 @@ class DevTools:
                     raise Failure(f"{method}: {message['error']}")
                 return message.get("result", {})
 
-    def evaluate(self, expression):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+    def evaluate(self, expression, timeout=10.0):
+        # A page that navigates (a form posted, a redirect) drops the
+        # evaluation it was running: Chromium answers "Inspected target
+        # navigated or closed". Ask again on the next document, bounded.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                                   awaitPromise=True)
+                break
+            except Failure as error:
+                if "navigated or closed" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         if "exceptionDetails" in result:
             raise Failure(f"page script failed: {result['exceptionDetails'].get('text')}: {expression[:80]}")
         return result.get("result", {}).get("value")
