@@ -40,30 +40,25 @@ const UNSENT_LIMIT: u32 = 64 * 1024;
 /// sender and the server share the receivers' placement, not one of them
 /// the receivers' CPU.
 #[derive(Debug, Clone, Default)]
-pub struct SenderCpus {
-    list: Option<String>,
-    cpus: Vec<usize>,
-}
+pub struct SenderCpus(Option<String>);
 
 impl SenderCpus {
     /// Checks a `taskset -c` list (none: anywhere).
     pub fn new(list: Option<String>) -> Result<Self> {
-        let cpus = match &list {
-            Some(list) => crate::measure::parse_cpus(list).context("--floor-cpus")?,
-            None => Vec::new(),
-        };
-        Ok(SenderCpus { list, cpus })
+        if let Some(list) = &list {
+            crate::measure::parse_cpus(list).context("--floor-cpus")?;
+        }
+        Ok(SenderCpus(list))
     }
 
     /// Keeps the calling thread on the list's CPUs (no list: nothing).
     pub fn pin_this_thread(&self) -> Result<()> {
-        if self.cpus.is_empty() {
+        let Some(list) = &self.0 else {
             return Ok(());
-        }
-        crate::measure::pin_thread(&self.cpus).with_context(|| {
+        };
+        crate::measure::pin_thread(&crate::measure::parse_cpus(list)?).with_context(|| {
             format!(
-                "--floor-cpus {}: not CPUs this process may use ({})",
-                self.list.as_deref().unwrap_or(""),
+                "--floor-cpus {list}: not CPUs this process may use ({})",
                 crate::measure::allowed_cpus().unwrap_or_default()
             )
         })
@@ -91,6 +86,8 @@ pub async fn floor(load: crate::Load, cpus: &SenderCpus) -> Result<(Value, Floor
         payload_bytes,
     } = load;
     let topic_count = topic_count.clamp(1, sockets.max(1));
+    let epoch = Instant::now();
+    let epoch_ns = monotonic_ns()?;
     let mut args = vec![
         "floor-sender".to_string(),
         format!("--sockets={sockets}"),
@@ -98,15 +95,13 @@ pub async fn floor(load: crate::Load, cpus: &SenderCpus) -> Result<(Value, Floor
         format!("--rate={rate}"),
         format!("--duration-ms={}", duration.as_millis()),
         format!("--payload-bytes={payload_bytes}"),
+        format!("--epoch-ns={epoch_ns}"),
     ];
-    if let Some(list) = &cpus.list {
+    if let Some(list) = &cpus.0 {
         args.push(format!("--cpus={list}"));
     }
-    let epoch = Instant::now();
-    let epoch_ns = monotonic_ns()?;
     let mut child = Command::new(std::env::current_exe().context("current_exe")?)
         .args(args)
-        .arg(format!("--epoch-ns={epoch_ns}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -273,7 +268,7 @@ pub fn sender(
         "user_s": sent.usage.user.as_secs_f64(), "system_s": sent.usage.system.as_secs_f64(),
         "voluntary_switches": sent.usage.voluntary_switches,
         "involuntary_switches": sent.usage.involuntary_switches,
-        "cpus_allowed": crate::measure::allowed_cpus().unwrap_or_default(),
+        "sender_cpus": crate::measure::allowed_cpus().unwrap_or_default(),
     });
     // Keep the sockets open until the parent has read everything.
     let outlets = sent.outlets;
@@ -459,7 +454,7 @@ fn report(
         per(system_us),
         sent["voluntary_switches"],
         sent["involuntary_switches"],
-        sent["cpus_allowed"].as_str().unwrap_or("?")
+        sent["sender_cpus"].as_str().unwrap_or("?")
     );
     println!(
         "floor: {delivered}/{want} deliveries, {out_of_order} out of order; write->receive latency {}",
@@ -473,7 +468,7 @@ fn report(
         "user_us_per_write": per(user_us), "sys_us_per_write": per(system_us),
         "deliveries": delivered, "expected": want, "out_of_order": out_of_order,
         "latency": latency.json(), "complete": complete,
-        "sender_cpus": sent["cpus_allowed"],
+        "sender_cpus": sent["sender_cpus"],
     });
     (summary, figures)
 }

@@ -103,7 +103,7 @@ pub async fn overload(
     let notices: u64 = seen.iter().map(|s| s.lag_notices).sum();
     let mut latencies: Vec<u64> = seen
         .iter()
-        .flat_map(|s| s.got.latencies_us.clone())
+        .flat_map(|s| s.got.latencies_us.iter().copied())
         .collect();
     let latency = Percentiles::of(&mut latencies);
     let rate = accepted as f64 / publish_elapsed.as_secs_f64();
