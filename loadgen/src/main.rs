@@ -55,6 +55,14 @@ struct LoadArgs {
     sockets: usize,
     #[arg(long, default_value_t = 1)]
     topics: usize,
+    #[command(flatten)]
+    pace: PaceArgs,
+}
+
+/// How fast, how long and how big a load publishes (the fan-out's and the
+/// cluster's).
+#[derive(Args, Clone, Copy)]
+struct PaceArgs {
     /// Publishes (the floor: bursts) per second, all topics together.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -80,9 +88,9 @@ impl LoadArgs {
         Ok(Load {
             sockets: bounded(self.sockets)?,
             topics: self.topics,
-            rate: self.rate,
-            duration: Duration::from_secs(self.duration.min(600)),
-            payload_bytes: self.payload_bytes.min(512 * 1024),
+            rate: self.pace.rate,
+            duration: Duration::from_secs(self.pace.duration.min(600)),
+            payload_bytes: self.pace.payload_bytes.min(512 * 1024),
         })
     }
 }
@@ -157,12 +165,8 @@ enum Scenario {
         secret: String,
         #[arg(long, default_value_t = 5_000)]
         sockets_per_node: usize,
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 100)]
-        payload_bytes: usize,
+        #[command(flatten)]
+        pace: PaceArgs,
     },
     /// Connect/auth/close cycles; RSS before and after.
     Churn {
@@ -360,9 +364,7 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             nodes,
             secret,
             sockets_per_node,
-            rate,
-            duration,
-            payload_bytes,
+            pace,
         } => {
             let targets = nodes
                 .iter()
@@ -374,9 +376,7 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             let load = LoadArgs {
                 sockets: sockets_per_node * targets.len(),
                 topics: 1,
-                rate,
-                duration,
-                payload_bytes,
+                pace,
             };
             fanout(&targets, load.bounded()?).await
         }
