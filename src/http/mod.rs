@@ -190,9 +190,31 @@ async fn publish(State(node): State<Arc<Node>>, body: Body) -> Result<&'static s
     let result = node.publish(topic, payload).await;
     node.metrics().observe_publish(started.elapsed());
     match result {
-        Ok(()) => Ok("ok\n"),
+        Ok(accepted) => {
+            hand_over_after_answer(accepted);
+            Ok("ok\n")
+        }
         Err(PublishError::NotRegistered) => Err(ApiError::TopicNotRegistered),
         Err(PublishError::ShuttingDown) => Err(ApiError::NotReady("shutting down")),
+    }
+}
+
+/// Hands a publish to the fan-out once its answer is written. On the
+/// internal API's runtime (one thread, see `app`) a task spawned here runs
+/// after the connection task has written the answer and waits for the next
+/// request, and such tasks run in the order they were spawned: publishes
+/// keep the order they were answered in. On any other runtime (a worker
+/// thread may take a spawned task ahead of an earlier one) it is handed
+/// over at once. Never lost: a task dropped with its runtime hands it over
+/// as it goes (see `dispatch::Accepted`).
+fn hand_over_after_answer(mut accepted: crate::dispatch::Accepted) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let one_thread = Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::CurrentThread);
+    if accepted.is_held() && one_thread {
+        tokio::spawn(async move { drop(accepted) });
+    } else {
+        accepted.hand_over();
     }
 }
 

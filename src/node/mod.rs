@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{Broker, BrokerError, Health};
 use crate::cluster::{Cluster, Mode, Parts};
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Accepted, Dispatcher};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -198,11 +198,20 @@ impl Node {
     }
 
     /// Delivers `payload` to the topic's sockets here and, in cluster mode,
-    /// on every other node. Returns once the frame is queued here and, in
-    /// cluster mode, the broker took the envelope (bounded, see
+    /// on every other node. Returns once the frame has its place here and,
+    /// in cluster mode, the broker took the envelope (bounded, see
     /// `cluster::outbox`); refused once shutdown has begun (so that what is
     /// accepted is delivered).
-    pub async fn publish(&self, topic: String, payload: Box<RawValue>) -> Result<(), PublishError> {
+    ///
+    /// Without a cluster the local fan-out starts when the returned
+    /// [`Accepted`] is dropped (the internal API answers first, see
+    /// `dispatch`); with one it has started already, while the broker
+    /// takes the envelope.
+    pub async fn publish(
+        &self,
+        topic: String,
+        payload: Box<RawValue>,
+    ) -> Result<Accepted, PublishError> {
         if self.registry.lookup(&topic).await.is_none() {
             self.metrics
                 .publishes_not_registered
@@ -212,14 +221,16 @@ impl Node {
         let frame = crate::frames::push(&payload);
         // Here first: a publish this node refuses goes to no other node.
         let cluster_topic = self.cluster.as_ref().map(|_| topic.clone());
-        self.dispatcher
+        let mut accepted = self
+            .dispatcher
             .try_dispatch(topic, frame)
             .await
             .map_err(|_| PublishError::ShuttingDown)?;
         if let (Some(cluster), Some(topic)) = (&self.cluster, cluster_topic) {
+            accepted.hand_over();
             cluster.publish(&topic, &payload).await;
         }
         self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(accepted)
     }
 }

@@ -49,7 +49,8 @@ async fn stuck_sockets_cost_the_readers_nothing_and_are_closed_early() {
         node.node
             .publish("crowd".to_string(), payload)
             .await
-            .expect("accepted");
+            .expect("accepted")
+            .hand_over();
     }
     let published = Instant::now();
     let mut got = Vec::new();
@@ -125,7 +126,8 @@ async fn a_stalled_socket_that_reads_again_finds_1013() {
         node.node
             .publish("frozen".to_string(), payload)
             .await
-            .expect("accepted");
+            .expect("accepted")
+            .hand_over();
     }
     // The moment the node gives up on it, the client reads again: what is
     // in flight arrives whole, then the close frame.
@@ -168,13 +170,13 @@ async fn a_socket_that_fell_behind_gets_lagged_then_fresh_frames() {
         node.node.publish("behind".to_string(), payload)
     };
     for seq in 0..OLD {
-        publish(seq).await.expect("accepted");
+        publish(seq).await.expect("accepted").hand_over();
     }
     // Long enough for every frame still queued to go stale, far below the
     // 10 s write time-out (and the queue never overflows: no stall close).
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     for seq in OLD..OLD + FRESH {
-        publish(seq).await.expect("accepted");
+        publish(seq).await.expect("accepted").hand_over();
     }
     let (mut before, mut after, mut notices) = (Vec::new(), Vec::new(), Vec::new());
     while after.last() != Some(&(OLD + FRESH - 1)) {
@@ -265,11 +267,11 @@ async fn publishes_that_went_stale_in_the_fanout_queue_are_reported_not_delivere
     // fan-out task a turn.
     tokio::task::yield_now().await;
     for seq in 0..OLD {
-        publish(seq).await.expect("accepted");
+        publish(seq).await.expect("accepted").hand_over();
     }
     std::thread::sleep(Duration::from_millis(1_300));
     for seq in OLD..OLD + FRESH {
-        publish(seq).await.expect("accepted");
+        publish(seq).await.expect("accepted").hand_over();
     }
     let first = ws.recv_json(Duration::from_secs(5)).await;
     assert_eq!(
