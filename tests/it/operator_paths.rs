@@ -104,7 +104,7 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
         .env("SKYWAVE_INTERNAL_PORT", internal.to_string())
         .env_remove("SKYWAVE_WORKER_SECRET")
         .stdin(Stdio::piped());
-    let terminal = Process::spawn(command, &dir, "terminal");
+    let mut terminal = Process::spawn(command, &dir, "terminal");
     wait_port(internal).await;
     let output = terminal
         .wait_for_output("*** worker_secret: ", WITHIN)
@@ -121,6 +121,22 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
     };
     let (code, _) = node.get("/internal/status", Some(secret)).await;
     assert_eq!(code, 200, "the printed secret is the one in force");
+
+    // Ctrl-C in that terminal (the pseudo-terminal turns it into SIGINT
+    // for the worker): it shuts down and exits, and `script -e` passes its
+    // status on. Killing `script` alone could leave the worker running.
+    terminal.type_in(b"\x03");
+    let status = terminal.wait_exit(WITHIN).await;
+    let output = terminal.output();
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "Ctrl-C ends the worker cleanly ({status:?}):\n{output}"
+    );
+    assert!(output.contains("shutting down"), "{output}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", internal)).is_err(),
+        "the internal port is closed once it has exited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

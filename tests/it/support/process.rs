@@ -79,6 +79,15 @@ impl Process {
         }
     }
 
+    /// Writes `bytes` to the process's stdin (when it was spawned piped).
+    pub fn type_in(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.as_mut().and_then(|child| child.stdin.as_mut());
+        let stdin = stdin.expect("spawned with a piped stdin");
+        stdin.write_all(bytes).expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")
