@@ -337,8 +337,10 @@ async fn the_socket_cap_follows_the_fd_limit_and_the_internal_api_keeps_answerin
             "-c",
             &format!("ulimit -Sn 300 && ulimit -Hn 600 && exec {binary}"),
         ]);
-    let process = crate::support::Process::spawn(sh, &dir, "skywave");
-    crate::support::wait_port(internal).await;
+    let mut process = crate::support::Process::spawn(sh, &dir, "skywave");
+    if let Err(log) = process.wait_listening(&[internal]).await {
+        panic!("the binary did not start: {log}");
+    }
     let node = crate::support::NodeClient {
         ws: format!("127.0.0.1:{ws}").parse().unwrap(),
         internal: format!("127.0.0.1:{internal}").parse().unwrap(),

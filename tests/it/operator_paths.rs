@@ -85,8 +85,10 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
         .env("SKYWAVE_WS_PORT", ws.to_string())
         .env("SKYWAVE_WS_BIND", "127.0.0.1")
         .env("SKYWAVE_INTERNAL_PORT", internal.to_string());
-    let process = Process::spawn(command, &dir, "flag");
-    wait_port(internal).await;
+    let mut process = Process::spawn(command, &dir, "flag");
+    if let Err(log) = process.wait_listening(&[internal]).await {
+        panic!("the binary did not start: {log}");
+    }
     let output = process.wait_for_output("*** worker_secret: ", WITHIN).await;
     assert!(output.contains("WARNING: no worker_secret configured"));
     drop(process);
@@ -303,8 +305,10 @@ async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
         .env("SKYWAVE_WS_BIND", "127.0.0.1")
         .env("SKYWAVE_WS_PORT", ws.to_string())
         .env("SKYWAVE_INTERNAL_PORT", internal.to_string());
-    let _roots = Process::spawn(command, &dir, "system-roots");
-    wait_port(internal).await;
+    let mut roots_node = Process::spawn(command, &dir, "system-roots");
+    if let Err(log) = roots_node.wait_listening(&[internal]).await {
+        panic!("the binary did not start: {log}");
+    }
     let roots = NodeClient {
         ws: format!("127.0.0.1:{ws}").parse().unwrap(),
         internal: format!("127.0.0.1:{internal}").parse().unwrap(),

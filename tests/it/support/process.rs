@@ -88,6 +88,34 @@ impl Process {
         stdin.flush().expect("flush stdin");
     }
 
+    /// Waits until something accepts connections on each of `ports`; the
+    /// output if the process exits first (or after 10 s).
+    pub async fn wait_listening(&mut self, ports: &[u16]) -> Result<(), String> {
+        for &port in ports {
+            for attempt in 0.. {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                let exited = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+                if exited || attempt == 400 {
+                    return Err(format!("port {port} not open:\n{}", self.output()));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        // A port another process holds answers too; the binary has exited.
+        match self.child.as_mut().map(|child| child.try_wait()) {
+            Some(Ok(None)) => Ok(()),
+            _ => Err(format!("exited:\n{}", self.output())),
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")
@@ -152,29 +180,41 @@ impl std::ops::Deref for BinaryNode {
 impl BinaryNode {
     /// Writes `<dir>/config.yaml` (free loopback ports, the test secret,
     /// then `extra`) and starts the binary there with no arguments.
+    ///
+    /// A port found free can be taken by another test's server before the
+    /// binary binds it: the binary then exits naming the port ("Address
+    /// already in use"), and it is started again on two new ports (at most
+    /// five tries). Any other early exit fails the test with its log.
     pub async fn start(dir: &Path, name: &str, extra: &str) -> BinaryNode {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
-        let (ws, internal) = two_free_ports();
-        std::fs::write(
-            dir.join("config.yaml"),
-            format!(
-                "ws_bind: 127.0.0.1\nws_port: {ws}\ninternal_bind: 127.0.0.1\n\
-                 internal_port: {internal}\nworker_secret: \"{SECRET}\"\n{extra}\n"
-            ),
-        )
-        .expect("config.yaml");
-        let process = Process::spawn(Process::command(&dir), &dir, "skywave");
-        wait_port(internal).await;
-        wait_port(ws).await;
-        BinaryNode {
-            client: NodeClient {
-                ws: SocketAddr::from(([127, 0, 0, 1], ws)),
-                internal: SocketAddr::from(([127, 0, 0, 1], internal)),
-            },
-            process,
-            dir,
+        for _ in 0..5 {
+            let (ws, internal) = two_free_ports();
+            std::fs::write(
+                dir.join("config.yaml"),
+                format!(
+                    "ws_bind: 127.0.0.1\nws_port: {ws}\ninternal_bind: 127.0.0.1\n\
+                     internal_port: {internal}\nworker_secret: \"{SECRET}\"\n{extra}\n"
+                ),
+            )
+            .expect("config.yaml");
+            let mut process = Process::spawn(Process::command(&dir), &dir, "skywave");
+            match process.wait_listening(&[internal, ws]).await {
+                Ok(()) => {
+                    return BinaryNode {
+                        client: NodeClient {
+                            ws: SocketAddr::from(([127, 0, 0, 1], ws)),
+                            internal: SocketAddr::from(([127, 0, 0, 1], internal)),
+                        },
+                        process,
+                        dir,
+                    }
+                }
+                Err(output) if output.contains("Address already in use") => continue,
+                Err(output) => panic!("the binary in {} did not start:\n{output}", dir.display()),
+            }
         }
+        panic!("five pairs of free ports were all taken before the binary bound them");
     }
 }
 
