@@ -338,9 +338,7 @@ async fn the_socket_cap_follows_the_fd_limit_and_the_internal_api_keeps_answerin
             &format!("ulimit -Sn 300 && ulimit -Hn 600 && exec {binary}"),
         ]);
     let mut process = crate::support::Process::spawn(sh, &dir, "skywave");
-    if let Err(log) = process.wait_listening(&[internal]).await {
-        panic!("the binary did not start: {log}");
-    }
+    process.expect_listening(&[internal]).await;
     let node = crate::support::NodeClient {
         ws: format!("127.0.0.1:{ws}").parse().unwrap(),
         internal: format!("127.0.0.1:{internal}").parse().unwrap(),

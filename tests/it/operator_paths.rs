@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::{
-    free_port, tempdir, two_free_ports, wait_port, BinaryNode, NodeClient, Process, RedisServer,
-    TlsFiles, SECRET,
+    free_port, tempdir, two_free_ports, BinaryNode, NodeClient, Process, RedisServer, TlsFiles,
+    SECRET,
 };
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -86,9 +86,7 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
         .env("SKYWAVE_WS_BIND", "127.0.0.1")
         .env("SKYWAVE_INTERNAL_PORT", internal.to_string());
     let mut process = Process::spawn(command, &dir, "flag");
-    if let Err(log) = process.wait_listening(&[internal]).await {
-        panic!("the binary did not start: {log}");
-    }
+    process.expect_listening(&[internal]).await;
     let output = process.wait_for_output("*** worker_secret: ", WITHIN).await;
     assert!(output.contains("WARNING: no worker_secret configured"));
     drop(process);
@@ -107,7 +105,7 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
         .env_remove("SKYWAVE_WORKER_SECRET")
         .stdin(Stdio::piped());
     let mut terminal = Process::spawn(command, &dir, "terminal");
-    wait_port(internal).await;
+    terminal.expect_listening(&[internal]).await;
     let output = terminal
         .wait_for_output("*** worker_secret: ", WITHIN)
         .await;
@@ -306,9 +304,7 @@ async fn rediss_with_a_ca_file_forms_a_cluster_and_a_wrong_ca_says_why() {
         .env("SKYWAVE_WS_PORT", ws.to_string())
         .env("SKYWAVE_INTERNAL_PORT", internal.to_string());
     let mut roots_node = Process::spawn(command, &dir, "system-roots");
-    if let Err(log) = roots_node.wait_listening(&[internal]).await {
-        panic!("the binary did not start: {log}");
-    }
+    roots_node.expect_listening(&[internal]).await;
     let roots = NodeClient {
         ws: format!("127.0.0.1:{ws}").parse().unwrap(),
         internal: format!("127.0.0.1:{internal}").parse().unwrap(),

@@ -91,29 +91,33 @@ impl Process {
     /// Waits until something accepts connections on each of `ports`; the
     /// output if the process exits first (or after 10 s).
     pub async fn wait_listening(&mut self, ports: &[u16]) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
         for &port in ports {
-            for attempt in 0.. {
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                let exited = self
-                    .child
-                    .as_mut()
-                    .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
-                if exited || attempt == 400 {
+            while !accepts(port).await {
+                if self.has_exited() || Instant::now() >= deadline {
                     return Err(format!("port {port} not open:\n{}", self.output()));
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
         // A port another process holds answers too; the binary has exited.
-        match self.child.as_mut().map(|child| child.try_wait()) {
-            Some(Ok(None)) => Ok(()),
-            _ => Err(format!("exited:\n{}", self.output())),
+        if self.has_exited() {
+            return Err(format!("exited:\n{}", self.output()));
         }
+        Ok(())
+    }
+
+    /// [`wait_listening`](Self::wait_listening), failing the test with the
+    /// process's log.
+    pub async fn expect_listening(&mut self, ports: &[u16]) {
+        if let Err(log) = self.wait_listening(ports).await {
+            panic!("the binary did not start: {log}");
+        }
+    }
+
+    fn has_exited(&mut self) -> bool {
+        let running = self.child.as_mut().map(|child| child.try_wait());
+        !matches!(running, Some(Ok(None)))
     }
 
     pub fn signal(&self, signal: &str) {
@@ -137,15 +141,19 @@ impl Drop for Process {
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub async fn wait_port(port: u16) {
     for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if accepts(port).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("port {port} never opened");
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port` now.
+async fn accepts(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
 }
 
 /// A fresh directory under the system's temp dir.
