@@ -95,10 +95,15 @@ async fn a_generated_secret_only_on_request_or_in_a_terminal() {
     // binary a pseudo-terminal as its stdin and stderr.
     let (ws, internal) = two_free_ports();
     let binary = env!("CARGO_BIN_EXE_skywave");
+    // `script` runs the command through $SHELL (or /bin/sh, dash on
+    // Debian); `exec` makes the worker the shell's replacement, so Ctrl-C
+    // reaches the worker alone and not a non-interactive dash that dies of
+    // it and takes `script` down with status 130 before the worker exits.
+    let exec = format!("exec '{binary}'");
     let mut command = Command::new("script");
     command
         .current_dir(&dir)
-        .args(["-q", "-e", "-c", binary, "/dev/null"])
+        .args(["-q", "-e", "-c", &exec, "/dev/null"])
         .env("SKYWAVE_WS_PORT", ws.to_string())
         .env("SKYWAVE_WS_BIND", "127.0.0.1")
         .env("SKYWAVE_INTERNAL_PORT", internal.to_string())
