@@ -346,24 +346,32 @@ pub async fn http(
     (code, body)
 }
 
-/// Two different free ports (two calls of `free_port` in a row may give
-/// the same one: it was released in between).
+/// Two different free ports.
 pub fn two_free_ports() -> (u16, u16) {
-    let first = free_port();
-    loop {
-        let second = free_port();
-        if second != first {
-            return (first, second);
-        }
-    }
+    (free_port(), free_port())
 }
 
+/// A loopback port nothing listens on, for a server a test starts later.
+/// Taken from 2000..10000, below the kernel's ephemeral range (32768 and
+/// up by default), and never handed out twice in this process: the ports
+/// the kernel gives to port-0 listeners and to every outgoing connection
+/// of a test running alongside come from the ephemeral range, so none of
+/// them can take this port before its server binds it (with `bind` to
+/// port 0 and release, as before, one did now and then: "Address already
+/// in use"). `redis_ha::cluster_port` keeps to 10000..31000.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 2000;
+    const SPAN: u32 = 8000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A raw WebSocket upgrade request for `topic` (no auth afterwards): the

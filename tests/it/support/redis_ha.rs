@@ -432,8 +432,9 @@ impl SentinelSet {
 }
 
 /// A port `p` free with `p + 10000` (its cluster bus) free too, both below
-/// the kernel's ephemeral range (so no `free_port` of another test can be
-/// handed one of them), and never handed out twice in this process.
+/// the kernel's ephemeral range and above `free_port`'s 2000..10000 (so no
+/// other test can be handed one of them), and never handed out twice in
+/// this process.
 fn cluster_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -449,14 +450,7 @@ fn cluster_port() -> u16 {
 
 /// `n` different free ports.
 fn distinct_ports(n: usize) -> Vec<u16> {
-    let mut ports: Vec<u16> = Vec::with_capacity(n);
-    while ports.len() < n {
-        let port = free_port();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    ports
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// A Redis Cluster of `masters` masters with `replicas` replicas each
