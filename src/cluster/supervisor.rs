@@ -1,5 +1,6 @@
-//! The supervised subscriber: joins (subscribe, verify, write back what is
-//! pending), delivers envelopes, and watches its own connection. It alone
+//! The supervised subscriber: joins (subscribe, verify), delivers envelopes
+//! from then on while it settles (writes back what is pending, the roster
+//! entry, the registry copy), and watches its own connection. It alone
 //! sets the broker's health, and so the node's mode.
 
 use std::sync::atomic::Ordering;
@@ -28,7 +29,7 @@ impl Cluster {
         loop {
             attempts += 1;
             match self.join(&mut server).await {
-                Ok(subscription) => {
+                Ok((subscription, restarted)) => {
                     let first = self.counters.joins.fetch_add(1, Ordering::Relaxed) == 0;
                     let verb = if first { "joined" } else { "rejoined" };
                     tracing::info!(channel = %self.broker.channel(), attempts, "{verb} the cluster");
@@ -42,7 +43,20 @@ impl Cluster {
                     attempts = 0;
                     backoff = BACKOFF_START;
                     last_warning = None;
-                    let reason = self.listen(subscription, &shutdown).await;
+                    // Deliver from the moment the subscription is
+                    // verified: the settling's broker round trips (bulk
+                    // reads of seconds while a restarted JetStream recovers)
+                    // must not hold other nodes' events back, nor the
+                    // resync notice, while the status already says
+                    // `cluster`. Settling runs to its end (a write-back cut
+                    // half-way could write again what the broker took).
+                    let settle = async {
+                        tokio::select! {
+                            () = self.settle(restarted) => {}
+                            () = shutdown.cancelled() => {}
+                        }
+                    };
+                    let (reason, ()) = tokio::join!(self.listen(subscription, &shutdown), settle);
                     self.health.set_connected(false);
                     if shutdown.is_cancelled() {
                         return;
@@ -75,10 +89,9 @@ impl Cluster {
         }
     }
 
-    /// Subscribes, verifies the subscription, then reports `cluster` and
-    /// writes back what the registry could not write while away (all of
-    /// the local mirror, where keys are missing, if Redis restarted).
-    async fn join(&self, server: &mut Option<String>) -> Result<Subscription, BrokerError> {
+    /// Subscribes and verifies the subscription, then reports `cluster`;
+    /// also says whether the broker is a new server (it restarted).
+    async fn join(&self, server: &mut Option<String>) -> Result<(Subscription, bool), BrokerError> {
         let subscription = self.broker.subscribe().await?;
         let subscribers = self.broker.subscribers().await?;
         if subscribers < 1 {
@@ -94,6 +107,15 @@ impl Cluster {
             self.registry.note_restart();
         }
         self.health.set_connected(true);
+        Ok((subscription, restarted))
+    }
+
+    /// After a join: writes back what the registry could not write while
+    /// away (all of the local mirror, where keys are missing, if the broker
+    /// restarted), the status topic and this node's roster entry, and
+    /// copies the cluster's registry. Each step is bounded by the broker's
+    /// command deadlines; what fails is retried by the heartbeat.
+    async fn settle(&self, restarted: bool) {
         if let Err(error) = self.registry.refresh_status_topic().await {
             tracing::debug!(%error, "could not register the status topic yet; the heartbeat retries");
         }
@@ -110,7 +132,6 @@ impl Cluster {
         }
         self.write_presence().await;
         self.refresh_seen().await;
-        Ok(subscription)
     }
 
     /// Delivers envelopes until the subscription fails; returns why.
