@@ -32,6 +32,9 @@ use crate::measure::{thread_usage, Percentiles, Usage};
 use crate::proto::{connect, Browser};
 use crate::scenario::{receive, Finish, Received};
 
+/// The most sender threads a floor takes (`--floor-threads`).
+pub const MAX_THREADS: usize = 8;
+
 /// What the socket of skywave's public listener is given (`ws::UNSENT_LIMIT`).
 const UNSENT_LIMIT: u32 = 64 * 1024;
 
@@ -77,7 +80,16 @@ pub struct FloorFigures {
 /// is a child process (this binary's hidden `floor-sender`): one process
 /// may hold 20,000 open files, and the sender's sockets are as many again
 /// as the receivers'; it is also a process of its own, as a server is.
-pub async fn floor(load: crate::Load, cpus: &SenderCpus) -> Result<(Value, FloorFigures)> {
+///
+/// `threads` > 1 splits every topic's sockets into that many contiguous
+/// shares, each written by a sender thread of its own on the same burst
+/// schedule (the parallel floor a fan-out split across cores would face);
+/// the CPU per write is then all the threads' CPU over all their writes.
+pub async fn floor(
+    load: crate::Load,
+    cpus: &SenderCpus,
+    threads: usize,
+) -> Result<(Value, FloorFigures)> {
     let crate::Load {
         sockets,
         topics: topic_count,
@@ -96,6 +108,7 @@ pub async fn floor(load: crate::Load, cpus: &SenderCpus) -> Result<(Value, Floor
         format!("--duration-ms={}", duration.as_millis()),
         format!("--payload-bytes={payload_bytes}"),
         format!("--epoch-ns={epoch_ns}"),
+        format!("--threads={}", threads.clamp(1, MAX_THREADS)),
     ];
     if let Some(list) = &cpus.0 {
         args.push(format!("--cpus={list}"));
@@ -214,6 +227,7 @@ pub fn sender(
     duration: Duration,
     payload_bytes: usize,
     epoch_ns: u64,
+    threads: usize,
 ) -> Result<Value> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind the floor listener")?;
     println!("LISTEN {}", listener.local_addr()?);
@@ -253,14 +267,13 @@ pub fn sender(
     }
     let mut go = String::new();
     std::io::stdin().read_line(&mut go)?;
-    let sender = Sender {
-        groups,
+    let plan = Plan {
         rate,
         duration,
         payload_bytes,
         epoch_ns,
     };
-    let sent = sender.run()?;
+    let sent = plan.run(groups, threads.clamp(1, MAX_THREADS))?;
     let summary = json!({
         "per_topic": sent.per_topic, "writes": sent.writes, "short_writes": sent.short_writes,
         "would_block": sent.would_block, "frame_bytes": sent.frame_bytes,
@@ -269,6 +282,7 @@ pub fn sender(
         "voluntary_switches": sent.usage.voluntary_switches,
         "involuntary_switches": sent.usage.involuntary_switches,
         "sender_cpus": crate::measure::allowed_cpus().unwrap_or_default(),
+        "threads": sent.threads,
     });
     // Keep the sockets open until the parent has read everything.
     let outlets = sent.outlets;
@@ -287,8 +301,9 @@ struct Outlet {
     rest: Vec<u8>,
 }
 
-struct Sender {
-    groups: Vec<Vec<Outlet>>,
+/// The burst schedule every sender thread follows.
+#[derive(Clone, Copy)]
+struct Plan {
     rate: f64,
     duration: Duration,
     payload_bytes: usize,
@@ -303,36 +318,93 @@ struct Sent {
     usage: Usage,
     elapsed: Duration,
     frame_bytes: usize,
+    threads: usize,
     outlets: Vec<Vec<Outlet>>,
 }
 
-impl Sender {
-    fn run(mut self) -> Result<Sent> {
+impl Plan {
+    /// Splits every topic's outlets into `threads` contiguous shares and
+    /// sends each share from a thread of its own (this one the first;
+    /// the others inherit its CPU list), then adds their figures up.
+    fn run(self, groups: Vec<Vec<Outlet>>, threads: usize) -> Result<Sent> {
+        let mut shares: Vec<Vec<Vec<Outlet>>> = (0..threads).map(|_| Vec::new()).collect();
+        for group in groups {
+            let len = group.len();
+            let mut outlets = group.into_iter();
+            for (j, share) in shares.iter_mut().enumerate() {
+                let take = (j + 1) * len / threads - j * len / threads;
+                share.push(outlets.by_ref().take(take).collect());
+            }
+        }
+        let mut shares = shares.into_iter();
+        let first = shares.next().unwrap_or_default();
+        let parts: Vec<Result<Sent>> =
+            std::thread::scope(|scope| {
+                let others: Vec<_> = shares
+                    .map(|share| scope.spawn(move || self.send(share)))
+                    .collect();
+                let mut parts = vec![self.send(first)];
+                for other in others {
+                    parts.push(other.join().unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("a floor sender thread panicked"))
+                    }));
+                }
+                parts
+            });
+        let mut total: Option<Sent> = None;
+        for part in parts {
+            let part = part?;
+            let Some(sum) = total.as_mut() else {
+                total = Some(part);
+                continue;
+            };
+            if sum.per_topic != part.per_topic {
+                bail!("floor: the sender threads sent different bursts");
+            }
+            sum.writes += part.writes;
+            sum.short_writes += part.short_writes;
+            sum.would_block += part.would_block;
+            sum.usage = sum.usage.plus(part.usage);
+            sum.elapsed = sum.elapsed.max(part.elapsed);
+            sum.threads += part.threads;
+            for (mine, theirs) in sum.outlets.iter_mut().zip(part.outlets) {
+                mine.extend(theirs);
+            }
+        }
+        total.context("floor: no sender thread")
+    }
+
+    /// One thread's share: `duration × rate + 1` bursts on the schedule,
+    /// one write per socket of the burst's topic.
+    fn send(self, mut groups: Vec<Vec<Outlet>>) -> Result<Sent> {
         let pad = "x".repeat(self.payload_bytes.saturating_sub(40));
-        let interval = Duration::from_secs_f64(1.0 / self.rate.max(0.1));
-        let mut per_topic = vec![0u64; self.groups.len()];
+        let rate = self.rate.max(0.1);
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let bursts = (self.duration.as_secs_f64() * rate).floor() as usize + 1;
+        let mut per_topic = vec![0u64; groups.len()];
         let (mut writes, mut short_writes, mut would_block) = (0u64, 0u64, 0u64);
         let mut frame = Vec::with_capacity(self.payload_bytes + 64);
         let mut frame_bytes = 0;
         let before = thread_usage()?;
         let started = Instant::now();
         let mut next = started;
-        let mut i = 0usize;
-        while started.elapsed() < self.duration {
+        for i in 0..bursts {
             let now = Instant::now();
             if next > now {
                 std::thread::sleep(next - now);
             }
             next += interval;
-            let k = i % self.groups.len();
-            i += 1;
+            let k = i % groups.len().max(1);
+            let Some(group) = groups.get_mut(k) else {
+                break;
+            };
             let seq = per_topic[k];
             let t = monotonic_ns()?.saturating_sub(self.epoch_ns);
             let text =
                 format!(r#"{{"type":"push","payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}}}}"#);
             text_frame(&mut frame, text.as_bytes());
             frame_bytes = frame.len();
-            for outlet in &mut self.groups[k] {
+            for outlet in group.iter_mut() {
                 writes += 1;
                 let result = if outlet.rest.is_empty() {
                     outlet.stream.write(&frame)
@@ -370,7 +442,7 @@ impl Sender {
         let elapsed = started.elapsed();
         // Whatever a socket did not take goes out now (blocking, bounded):
         // not counted, the receivers only need their streams whole.
-        for outlet in self.groups.iter_mut().flatten() {
+        for outlet in groups.iter_mut().flatten() {
             if !outlet.rest.is_empty() {
                 outlet.stream.set_nonblocking(false)?;
                 outlet
@@ -387,7 +459,8 @@ impl Sender {
             usage,
             elapsed,
             frame_bytes,
-            outlets: self.groups,
+            threads: 1,
+            outlets: groups,
         })
     }
 }
@@ -447,7 +520,8 @@ fn report(
         sent["would_block"]
     );
     println!(
-        "floor: sender thread CPU {:.3} s = {:.2} µs per write (user {:.2}, system {:.2}); {} voluntary + {} involuntary context switches; on CPUs {}",
+        "floor: sender CPU ({} thread(s)) {:.3} s = {:.2} µs per write (user {:.2}, system {:.2}); {} voluntary + {} involuntary context switches; on CPUs {}",
+        sent["threads"],
         (user_us + system_us) / 1e6,
         figures.cpu_us_per_write,
         per(user_us),
@@ -468,7 +542,7 @@ fn report(
         "user_us_per_write": per(user_us), "sys_us_per_write": per(system_us),
         "deliveries": delivered, "expected": want, "out_of_order": out_of_order,
         "latency": latency.json(), "complete": complete,
-        "sender_cpus": sent["sender_cpus"],
+        "sender_cpus": sent["sender_cpus"], "threads": sent["threads"],
     });
     (summary, figures)
 }

@@ -136,6 +136,11 @@ enum Scenario {
         /// CPUs for the sender (`taskset -c` list).
         #[arg(long)]
         floor_cpus: Option<String>,
+        /// Sender threads, each writing its share of every topic's sockets
+        /// on the same schedule (1 to 8): the floor of a fan-out split
+        /// across cores.
+        #[arg(long, default_value_t = 1)]
+        floor_threads: usize,
     },
     /// The floor's sender (started by `floor`; not for direct use).
     #[command(hide = true)]
@@ -155,6 +160,8 @@ enum Scenario {
         /// CPUs the sender thread is kept on (`taskset -c` list).
         #[arg(long)]
         cpus: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Two nodes via Redis: sockets split across them, publishes to the first.
     Cluster {
@@ -332,10 +339,20 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
                 fanout(std::slice::from_ref(&target), load).await
             }
         }
-        Scenario::Floor { load, floor_cpus } => {
+        Scenario::Floor {
+            load,
+            floor_cpus,
+            floor_threads,
+        } => {
             let l = load.bounded()?;
             let cpus = floor::SenderCpus::new(floor_cpus)?;
-            Ok(floor::floor(l, &cpus).await?.0)
+            if !(1..=floor::MAX_THREADS).contains(&floor_threads) {
+                bail!(
+                    "--floor-threads {floor_threads}: from 1 to {}",
+                    floor::MAX_THREADS
+                );
+            }
+            Ok(floor::floor(l, &cpus, floor_threads).await?.0)
         }
         Scenario::FloorSender {
             sockets,
@@ -345,6 +362,7 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
             payload_bytes,
             epoch_ns,
             cpus,
+            threads,
         } => {
             let cpus = floor::SenderCpus::new(cpus)?;
             tokio::task::spawn_blocking(move || {
@@ -356,6 +374,7 @@ async fn run(scenario: Scenario) -> Result<serde_json::Value> {
                     Duration::from_millis(duration_ms.min(600_000)),
                     payload_bytes,
                     epoch_ns,
+                    threads,
                 )
             })
             .await?
@@ -477,7 +496,7 @@ async fn compare(
     let mut ratios = Vec::new();
     let mut lines = Vec::new();
     for round in 1..=rounds {
-        let (floor_json, floor) = floor::floor(load, floor_cpus).await?;
+        let (floor_json, floor) = floor::floor(load, floor_cpus, 1).await?;
         let server = fanout(std::slice::from_ref(target), load).await?;
         let node = &server["nodes"][0];
         let per_delivery = node["cpu_us_per_delivery"].as_f64();
@@ -623,6 +642,12 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     if floor["sender_cpus"] != first_cpu.as_str() {
         bail!("smoke: the floor sender was to be kept on CPU {first_cpu}: {floor}");
     }
+    // The floor split across two sender threads: every frame still
+    // arrives, in order, and both threads wrote.
+    let (split, _) = floor::floor(load, &floor::SenderCpus::default(), 2).await?;
+    if split["complete"] != true || split["threads"] != 2 {
+        bail!("smoke: the two-thread floor's frames did not all arrive in order: {split}");
+    }
     // The overload policy: every frame a socket did not get is reported.
     let overload = failures::overload(&target, 200, 4_000, 1_000).await?;
     if overload["all_accounted"] != true {
@@ -645,7 +670,7 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     }
     println!("smoke: every scenario ran, every delivery arrived in order");
     Ok(serde_json::json!({
-        "scenario": "smoke", "idle": idle, "floor": floor, "fanout": fanout,
+        "scenario": "smoke", "idle": idle, "floor": floor, "split_floor": split, "fanout": fanout,
         "cpu_ratio": compared["median_cpu_ratio"], "overload": overload, "churn": churn,
         "mass_close": mass_close, "sigterm": sigterm,
     }))

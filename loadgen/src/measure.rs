@@ -108,6 +108,16 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// This usage and `other` together (two threads' shares).
+    pub fn plus(&self, other: Usage) -> Usage {
+        Usage {
+            user: self.user + other.user,
+            system: self.system + other.system,
+            voluntary_switches: self.voluntary_switches + other.voluntary_switches,
+            involuntary_switches: self.involuntary_switches + other.involuntary_switches,
+        }
+    }
+
     /// What was used between `earlier` and this reading.
     pub fn since(&self, earlier: Usage) -> Usage {
         Usage {
