@@ -17,6 +17,7 @@ pub use self::redis_ha::{ask, eventually, RedisCluster, Secured, SentinelSet};
 pub use self::redis_server::{admin, RedisServer, TlsFiles};
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -358,20 +359,28 @@ pub fn two_free_ports() -> (u16, u16) {
 /// of a test running alongside come from the ephemeral range, so none of
 /// them can take this port before its server binds it (with `bind` to
 /// port 0 and release, as before, one did now and then: "Address already
-/// in use"). `redis_ha::cluster_port` keeps to 10000..31000.
+/// in use"). `redis_ha::cluster_port` takes 10000..16000 (and +10000).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 2000;
-    const SPAN: u32 = 8000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id() % SPAN;
-    for _ in 0..SPAN {
-        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    unused_port(&NEXT, 2000, 8000, |_| true)
+}
+
+/// The next port of `low..low + span` (from an offset by process id, then
+/// on from `next`) that binds on loopback and passes `also`.
+pub fn unused_port(next: &AtomicU32, low: u32, span: u32, also: impl Fn(u16) -> bool) -> u16 {
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = (low + (start + next.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if bindable(port) && also(port) {
             return port;
         }
     }
-    panic!("no free port in {LOW}..{}", LOW + SPAN)
+    panic!("no free port in {low}..{}", low + span)
+}
+
+/// Whether a listener could bind `port` on loopback now.
+pub fn bindable(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// A raw WebSocket upgrade request for `topic` (no auth afterwards): the

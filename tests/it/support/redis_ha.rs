@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use super::{free_port, TlsFiles};
@@ -431,21 +432,12 @@ impl SentinelSet {
     }
 }
 
-/// A port `p` free with `p + 10000` (its cluster bus) free too, both below
-/// the kernel's ephemeral range and above `free_port`'s 2000..10000 (so no
-/// other test can be handed one of them), and never handed out twice in
-/// this process.
+/// A port `p` free with `p + 10000` (its cluster bus) free too: from
+/// 10000..16000, so both are below the kernel's ephemeral range and above
+/// `free_port`'s 2000..10000 (no other test can be handed one of them).
 fn cluster_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 10000 + (std::process::id() % 500) as u16 * 10;
-    loop {
-        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 6000;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10000) {
-            return port;
-        }
-    }
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    super::unused_port(&NEXT, 10000, 6000, |port| super::bindable(port + 10000))
 }
 
 /// `n` different free ports.
