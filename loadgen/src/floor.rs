@@ -108,7 +108,7 @@ pub async fn floor(
         format!("--duration-ms={}", duration.as_millis()),
         format!("--payload-bytes={payload_bytes}"),
         format!("--epoch-ns={epoch_ns}"),
-        format!("--threads={}", threads.clamp(1, MAX_THREADS)),
+        format!("--threads={threads}"),
     ];
     if let Some(list) = &cpus.0 {
         args.push(format!("--cpus={list}"));
@@ -273,7 +273,8 @@ pub fn sender(
         payload_bytes,
         epoch_ns,
     };
-    let sent = plan.run(groups, threads.clamp(1, MAX_THREADS))?;
+    let threads = threads.clamp(1, MAX_THREADS);
+    let sent = plan.run(groups, threads)?;
     let summary = json!({
         "per_topic": sent.per_topic, "writes": sent.writes, "short_writes": sent.short_writes,
         "would_block": sent.would_block, "frame_bytes": sent.frame_bytes,
@@ -282,7 +283,7 @@ pub fn sender(
         "voluntary_switches": sent.usage.voluntary_switches,
         "involuntary_switches": sent.usage.involuntary_switches,
         "sender_cpus": crate::measure::allowed_cpus().unwrap_or_default(),
-        "threads": sent.threads,
+        "threads": threads,
     });
     // Keep the sockets open until the parent has read everything.
     let outlets = sent.outlets;
@@ -318,8 +319,25 @@ struct Sent {
     usage: Usage,
     elapsed: Duration,
     frame_bytes: usize,
-    threads: usize,
     outlets: Vec<Vec<Outlet>>,
+}
+
+impl Sent {
+    /// Two threads' shares of the same bursts, added up.
+    fn merge(mut self, other: Sent) -> Result<Sent> {
+        if self.per_topic != other.per_topic {
+            bail!("floor: the sender threads sent different bursts");
+        }
+        self.writes += other.writes;
+        self.short_writes += other.short_writes;
+        self.would_block += other.would_block;
+        self.usage = self.usage.plus(other.usage);
+        self.elapsed = self.elapsed.max(other.elapsed);
+        for (mine, theirs) in self.outlets.iter_mut().zip(other.outlets) {
+            mine.extend(theirs);
+        }
+        Ok(self)
+    }
 }
 
 impl Plan {
@@ -351,27 +369,9 @@ impl Plan {
                 }
                 parts
             });
-        let mut total: Option<Sent> = None;
-        for part in parts {
-            let part = part?;
-            let Some(sum) = total.as_mut() else {
-                total = Some(part);
-                continue;
-            };
-            if sum.per_topic != part.per_topic {
-                bail!("floor: the sender threads sent different bursts");
-            }
-            sum.writes += part.writes;
-            sum.short_writes += part.short_writes;
-            sum.would_block += part.would_block;
-            sum.usage = sum.usage.plus(part.usage);
-            sum.elapsed = sum.elapsed.max(part.elapsed);
-            sum.threads += part.threads;
-            for (mine, theirs) in sum.outlets.iter_mut().zip(part.outlets) {
-                mine.extend(theirs);
-            }
-        }
-        total.context("floor: no sender thread")
+        let mut parts = parts.into_iter();
+        let first = parts.next().context("floor: no sender thread")??;
+        parts.try_fold(first, |sum, part| sum.merge(part?))
     }
 
     /// One thread's share: `duration × rate + 1` bursts on the schedule,
@@ -459,7 +459,6 @@ impl Plan {
             usage,
             elapsed,
             frame_bytes,
-            threads: 1,
             outlets: groups,
         })
     }
