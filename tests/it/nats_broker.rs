@@ -276,6 +276,23 @@ async fn a_three_server_nats_cluster_loses_the_server_a_node_is_on() {
     a.wait_cluster(2, Duration::from_secs(20)).await;
     b.wait_cluster(2, Duration::from_secs(20)).await;
     a.register("moving", true).await;
+    // Just after the cluster formed JetStream may still be electing the
+    // buckets' leaders: A then keeps the registration pending (and answers
+    // 200) until its write-back, and B's reads may fail and fall back to
+    // what it knows. The subject here is losing a server, so the set-up
+    // waits until B knows the topic.
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "B knows the topic registered on A",
+        || async {
+            match crate::support::raw_upgrade(b.client.ws, "moving").await.0 {
+                101 => Ok(()),
+                code => Err(format!("upgrade answered {code}")),
+            }
+        },
+    )
+    .await;
     let mut on_b = b.socket("moving", 1).await;
     assert_eq!(a.publish("moving", &json!({"seq": 0})).await, 200);
     on_b.expect_push(&json!({"seq": 0}), "cross-node on the cluster")
