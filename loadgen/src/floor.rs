@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use crate::measure::{thread_usage, Percentiles, Usage};
 use crate::proto::{connect, Browser};
 use crate::scenario::{receive, Finish, Received};
+use crate::stamped::{monotonic_ns, Epoch};
 
 /// The most sender threads a floor takes (`--floor-threads`).
 pub const MAX_THREADS: usize = 8;
@@ -73,6 +74,8 @@ impl SenderCpus {
 pub struct FloorFigures {
     pub cpu_us_per_write: f64,
     pub p99_ms: f64,
+    /// The same to the frames' arrival in the receivers' sockets.
+    pub arrival_p99_ms: f64,
 }
 
 /// `sockets` receivers over `topic_count` topics, `rate` bursts per second
@@ -98,8 +101,8 @@ pub async fn floor(
         payload_bytes,
     } = load;
     let topic_count = topic_count.clamp(1, sockets.max(1));
-    let epoch = Instant::now();
-    let epoch_ns = monotonic_ns()?;
+    let epoch = Epoch::now()?;
+    let epoch_ns = epoch.ns;
     let mut args = vec![
         "floor-sender".to_string(),
         format!("--sockets={sockets}"),
@@ -207,7 +210,7 @@ async fn open_receivers(
                 .await
                 .context("connect deadline")??;
             stream.write_all(&(k as u32).to_le_bytes()).await?;
-            Ok::<_, anyhow::Error>((k, Browser::raw(stream)))
+            Ok::<_, anyhow::Error>((k, Browser::raw(stream)?))
         });
     }
     let mut open = Vec::with_capacity(count);
@@ -492,16 +495,19 @@ fn report(
 ) -> (Value, FloorFigures) {
     let bursts: u64 = per_topic.iter().sum();
     let mut latencies = Vec::new();
+    let mut arrivals = Vec::new();
     let (mut delivered, mut want, mut out_of_order) = (0u64, 0u64, 0u64);
     for r in &results {
         delivered += r.got.count;
         want += per_topic[r.topic];
         out_of_order += r.got.out_of_order;
         latencies.extend_from_slice(&r.got.latencies_us);
+        arrivals.extend_from_slice(&r.got.arrivals_us);
     }
     let missing_receivers = sockets.saturating_sub(results.len());
     let complete = missing_receivers == 0 && delivered == want && out_of_order == 0;
     let latency = Percentiles::of(&mut latencies);
+    let arrival = Percentiles::of(&mut arrivals);
     let number = |key: &str| sent[key].as_f64().unwrap_or(0.0);
     let writes = sent["writes"].as_u64().unwrap_or(0);
     let (user_us, system_us) = (number("user_s") * 1e6, number("system_s") * 1e6);
@@ -509,6 +515,7 @@ fn report(
     let figures = FloorFigures {
         cpu_us_per_write: per(user_us + system_us),
         p99_ms: latency.p99 / 1000.0,
+        arrival_p99_ms: arrival.p99 / 1000.0,
     };
     let elapsed = number("elapsed_s");
     println!(
@@ -533,6 +540,10 @@ fn report(
         "floor: {delivered}/{want} deliveries, {out_of_order} out of order; write->receive latency {}",
         latency.ms()
     );
+    println!(
+        "floor: write->arrival (in the receiver's socket) latency {}",
+        arrival.ms()
+    );
     let summary = json!({
         "scenario": "floor", "sockets": sockets, "topics": topics, "bursts": bursts,
         "frame_bytes": sent["frame_bytes"], "writes": writes,
@@ -540,24 +551,8 @@ fn report(
         "cpu_us_per_write": figures.cpu_us_per_write,
         "user_us_per_write": per(user_us), "sys_us_per_write": per(system_us),
         "deliveries": delivered, "expected": want, "out_of_order": out_of_order,
-        "latency": latency.json(), "complete": complete,
+        "latency": latency.json(), "arrival": arrival.json(), "complete": complete,
         "sender_cpus": sent["sender_cpus"], "threads": sent["threads"],
     });
     (summary, figures)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads on Linux, so
-/// the sender process stamps frames on the receivers' clock.
-#[allow(unsafe_code)]
-fn monotonic_ns() -> Result<u64> {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("clock_gettime");
-    }
-    Ok(now.tv_sec.max(0) as u64 * 1_000_000_000 + now.tv_nsec.max(0) as u64)
 }

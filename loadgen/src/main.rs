@@ -10,6 +10,7 @@ mod floor;
 mod measure;
 mod proto;
 mod scenario;
+mod stamped;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -501,11 +502,12 @@ async fn compare(
         let node = &server["nodes"][0];
         let per_delivery = node["cpu_us_per_delivery"].as_f64();
         let p99 = node["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        let arrival_p99 = node["arrival"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
         let ratio = per_delivery.map(|per| per / floor.cpu_us_per_write);
         let line = match (per_delivery, ratio) {
             (Some(per), Some(ratio)) => format!(
-                "round {round}: server CPU per delivery / floor = {per:.2} µs / {:.2} µs = {ratio:.2}×; receive p99 {p99:.2} ms (floor {:.2} ms)",
-                floor.cpu_us_per_write, floor.p99_ms
+                "round {round}: server CPU per delivery / floor = {per:.2} µs / {:.2} µs = {ratio:.2}×; receive p99 {p99:.2} ms (floor {:.2} ms); arrival p99 {arrival_p99:.2} ms (floor {:.2} ms)",
+                floor.cpu_us_per_write, floor.p99_ms, floor.arrival_p99_ms
             ),
             _ => format!(
                 "round {round}: floor {:.2} µs per write; no server CPU figure (give --server-pid)",
@@ -535,9 +537,25 @@ async fn compare(
         .iter()
         .map(|p| p["server"]["nodes"][0]["cpu_us_per_delivery"].clone())
         .collect();
-    let server_p99_ms: Vec<_> = pairs
+    let figure = |side: &str, path: [&str; 2]| -> Vec<serde_json::Value> {
+        pairs
+            .iter()
+            .map(|p| {
+                let node = if side == "server" {
+                    &p["server"]["nodes"][0]
+                } else {
+                    &p["floor"]
+                };
+                node[path[0]][path[1]].clone()
+            })
+            .collect()
+    };
+    let server_p99_ms = figure("server", ["latency", "p99_ms"]);
+    let server_arrival_p99_ms = figure("server", ["arrival", "p99_ms"]);
+    let floor_arrival_p99_ms = figure("floor", ["arrival", "p99_ms"]);
+    let answered_p99_ms: Vec<_> = pairs
         .iter()
-        .map(|p| p["server"]["nodes"][0]["latency"]["p99_ms"].clone())
+        .map(|p| p["server"]["publish_answered"]["p99_ms"].clone())
         .collect();
     let complete = pairs
         .iter()
@@ -545,7 +563,9 @@ async fn compare(
     Ok(serde_json::json!({
         "scenario": "compare", "sockets": sockets, "topics": topics, "rate": rate,
         "floor_us_per_write": floor_us, "server_us_per_delivery": server_us,
-        "server_p99_ms": server_p99_ms, "complete": complete,
+        "server_p99_ms": server_p99_ms, "server_arrival_p99_ms": server_arrival_p99_ms,
+        "floor_arrival_p99_ms": floor_arrival_p99_ms, "publish_answered_p99_ms": answered_p99_ms,
+        "complete": complete,
         "cpu_ratios": ratios, "median_cpu_ratio": median, "rounds": pairs,
     }))
 }
@@ -661,6 +681,22 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     let _ = std::fs::remove_dir_all(&dir);
     if fanout["complete"] != true {
         bail!("smoke: not every delivery arrived in order: {fanout}");
+    }
+    // Every delivery carried the kernel's arrival stamp, and no arrival is
+    // later than its read (each frame's is at or before it, so every
+    // percentile is too).
+    for (name, side) in [("floor", &floor), ("fanout", &fanout["nodes"][0])] {
+        let stamped = side["arrival"]["n"] == side["deliveries"];
+        let before_read = ["p50_ms", "p99_ms", "max_ms"].iter().all(|key| {
+            let (arrival, read) = (side["arrival"][key].as_f64(), side["latency"][key].as_f64());
+            matches!((arrival, read), (Some(a), Some(r)) if a <= r)
+        });
+        if !stamped || !before_read {
+            bail!("smoke: the {name}'s arrival stamps are missing or after the reads: {side}");
+        }
+    }
+    if fanout["publish_answered"]["n"] != fanout["published"] {
+        bail!("smoke: not every publish answer carried its arrival stamp: {fanout}");
     }
     if churn["failed"] != 0 {
         bail!("smoke: churn cycles failed: {churn}");

@@ -11,6 +11,8 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::stamped::Stamped;
+
 /// Signs a token as the PHP library does.
 pub fn token(secret: &str, user_id: i64, topic: &str, expires: i64) -> String {
     let claims =
@@ -48,16 +50,22 @@ pub async fn connect(target: SocketAddr) -> Result<TcpStream> {
 
 /// A browser-like WebSocket client.
 pub struct Browser {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Stamped>,
 }
 
 impl Browser {
     /// A receiver on a plain TCP stream (the floor scenario's sender speaks
     /// no handshake: frames start at once).
-    pub fn raw(stream: TcpStream) -> Browser {
-        Browser {
-            stream: BufReader::with_capacity(1024, stream),
-        }
+    pub fn raw(stream: TcpStream) -> Result<Browser> {
+        Ok(Browser {
+            stream: BufReader::with_capacity(1024, Stamped::new(stream)?),
+        })
+    }
+
+    /// When the bytes of the last frame read reached this socket
+    /// (CLOCK_MONOTONIC ns, see `stamped`).
+    pub fn arrived_ns(&self) -> u64 {
+        self.stream.get_ref().arrived_ns()
     }
 
     /// Connects, upgrades and authenticates; returns once `auth_ok` arrived.
@@ -73,9 +81,7 @@ impl Browser {
         let mut bytes = request.into_bytes();
         bytes.extend_from_slice(&client_frame(0x1, auth.as_bytes()));
         stream.write_all(&bytes).await?;
-        let mut browser = Browser {
-            stream: BufReader::with_capacity(1024, stream),
-        };
+        let mut browser = Browser::raw(stream)?;
         browser.read_response_head().await?;
         let reply = browser.next_text().await?;
         if reply != r#"{"type":"auth_ok"}"# {
@@ -195,7 +201,9 @@ fn percent_encode(text: &str) -> String {
 pub struct Publisher {
     target: SocketAddr,
     secret: String,
-    stream: Option<BufReader<TcpStream>>,
+    stream: Option<BufReader<Stamped>>,
+    /// When the last answer's bytes reached the socket (CLOCK_MONOTONIC ns).
+    answered_ns: u64,
 }
 
 impl Publisher {
@@ -204,14 +212,21 @@ impl Publisher {
             target,
             secret: secret.to_string(),
             stream: None,
+            answered_ns: 0,
         }
+    }
+
+    /// When the last answer reached this client's socket (CLOCK_MONOTONIC
+    /// ns): the answer's time without this thread's own wait for a CPU.
+    pub fn answered_ns(&self) -> u64 {
+        self.answered_ns
     }
 
     /// One request; returns the status code and body.
     pub async fn request(&mut self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         for attempt in 0..2 {
             if self.stream.is_none() {
-                self.stream = Some(BufReader::new(connect(self.target).await?));
+                self.stream = Some(BufReader::new(Stamped::new(connect(self.target).await?)?));
             }
             let result = self.exchange(method, path, body).await;
             match result {
@@ -270,6 +285,7 @@ impl Publisher {
         }
         let mut body = vec![0u8; content_length];
         stream.read_exact(&mut body).await?;
+        self.answered_ns = stream.get_ref().arrived_ns();
         Ok((status, String::from_utf8_lossy(&body).to_string()))
     }
 

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::measure::{context_switches, cpu_time, rss_kib, Percentiles};
 use crate::proto::{token, unix_now, Browser, Publisher};
+use crate::stamped::{monotonic_ns, Epoch};
 
 /// One server under test.
 #[derive(Clone)]
@@ -200,15 +201,20 @@ pub(crate) struct Received {
 pub(crate) struct Arrivals {
     pub(crate) count: u64,
     pub(crate) out_of_order: u64,
+    /// Publish (or floor write) to the receiver's read.
     pub(crate) latencies_us: Vec<u64>,
+    /// Publish to the frame's arrival in the receiver's socket (kernel
+    /// stamp, see `stamped`): without the receiver's own wait for a CPU.
+    pub(crate) arrivals_us: Vec<u64>,
     /// The `seq` the next push should carry.
     pub(crate) next_seq: u64,
 }
 
 impl Arrivals {
     /// Counts `text` if it is a push (its payload's `seq` and send time
-    /// `t`), received `now_ns` after the epoch.
-    pub(crate) fn record(&mut self, text: &str, now_ns: u64) {
+    /// `t`), read `now_ns` after the epoch, its bytes in the socket
+    /// `arrived_ns` after it (None: the read carried no stamp).
+    pub(crate) fn record(&mut self, text: &str, now_ns: u64, arrived_ns: Option<u64>) {
         let (Some(seq), Some(t)) = (field(text, "\"seq\":"), field(text, "\"t\":")) else {
             return;
         };
@@ -218,6 +224,9 @@ impl Arrivals {
         self.next_seq = seq + 1;
         self.count += 1;
         self.latencies_us.push(now_ns.saturating_sub(t) / 1000);
+        if let Some(arrived) = arrived_ns {
+            self.arrivals_us.push(arrived.saturating_sub(t) / 1000);
+        }
     }
 }
 
@@ -241,7 +250,7 @@ pub async fn fanout(
         publisher.register(topic).await?;
     }
     let connect_deadline = Instant::now() + Duration::from_secs(120);
-    let epoch = Instant::now();
+    let epoch = Epoch::now()?;
     let mut receivers = JoinSet::new();
     let per_node = sockets / targets.len();
     let finish: Finish = Arc::new(std::sync::OnceLock::new());
@@ -342,6 +351,14 @@ pub async fn fanout(
     Ok(summary)
 }
 
+/// The publisher's call latencies (µs): as its thread read the answer,
+/// and as the answer reached its socket (see `stamped`).
+#[derive(Default)]
+struct Calls {
+    read_us: Vec<u64>,
+    answered_us: Vec<u64>,
+}
+
 /// One publisher at a fixed rate, round-robin over the topics; each payload
 /// carries its topic sequence number and send time.
 struct PublishRun {
@@ -351,11 +368,11 @@ struct PublishRun {
     rate: f64,
     duration: Duration,
     payload_bytes: usize,
-    epoch: Instant,
+    epoch: Epoch,
 }
 
 impl PublishRun {
-    fn run(self) -> Result<(Vec<u64>, Vec<u64>, u64, Duration)> {
+    fn run(self) -> Result<(Vec<u64>, Calls, u64, Duration)> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -363,7 +380,7 @@ impl PublishRun {
             let mut publisher = Publisher::new(self.target, &self.secret);
             let pad = "x".repeat(self.payload_bytes.saturating_sub(40));
             let mut sent_per_topic = vec![0u64; self.topics.len()];
-            let mut call_latencies = Vec::new();
+            let mut calls = Calls::default();
             let mut ticker =
                 tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate.max(0.1)));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -375,23 +392,28 @@ impl PublishRun {
                 let k = i % self.topics.len();
                 i += 1;
                 let seq = sent_per_topic[k];
-                let t = self.epoch.elapsed().as_nanos() as u64;
+                let t = self.epoch.elapsed_ns()?;
                 let body = format!(
                     r#"{{"topic":"{}","payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}}}}"#,
                     self.topics[k]
                 );
                 let begun = Instant::now();
+                let begun_ns = monotonic_ns()?;
                 let (status, _) = publisher
                     .request("POST", "/internal/publish", &body)
                     .await?;
-                call_latencies.push(begun.elapsed().as_micros() as u64);
+                calls.read_us.push(begun.elapsed().as_micros() as u64);
+                let answered = publisher.answered_ns();
+                if answered >= begun_ns {
+                    calls.answered_us.push((answered - begun_ns) / 1000);
+                }
                 if status == 200 {
                     sent_per_topic[k] += 1;
                 } else {
                     failures += 1;
                 }
             }
-            Ok((sent_per_topic, call_latencies, failures, started.elapsed()))
+            Ok((sent_per_topic, calls, failures, started.elapsed()))
         })
     }
 }
@@ -404,7 +426,7 @@ pub(crate) async fn receive(
     mut browser: Browser,
     node: usize,
     topic: usize,
-    epoch: Instant,
+    epoch: Epoch,
     finish: Finish,
 ) -> (Received, Browser) {
     let mut received = Received {
@@ -424,9 +446,9 @@ pub(crate) async fn receive(
             Ok(Err(_)) => break,
             Err(_) => continue,
         };
-        received
-            .got
-            .record(&text, epoch.elapsed().as_nanos() as u64);
+        let now = epoch.elapsed_ns().unwrap_or(u64::MAX);
+        let arrived = browser.arrived_ns().checked_sub(epoch.ns);
+        received.got.record(&text, now, arrived);
     }
     (received, browser)
 }
@@ -447,7 +469,7 @@ fn summarize(
     topics: &[String],
     expected: &[u64],
     results: Vec<Received>,
-    mut call_latencies: Vec<u64>,
+    mut calls: Calls,
     cpu_before: Vec<Option<Duration>>,
     cpu_after: Vec<Option<Duration>>,
     elapsed: Duration,
@@ -460,6 +482,7 @@ fn summarize(
     let mut all_complete = true;
     for n in 0..targets.len() {
         let mut latencies: Vec<u64> = Vec::new();
+        let mut arrivals: Vec<u64> = Vec::new();
         let mut delivered = 0u64;
         let mut want = 0u64;
         let mut complete_sockets = 0usize;
@@ -474,6 +497,7 @@ fn summarize(
                 complete_sockets += 1;
             }
             latencies.extend_from_slice(&r.got.latencies_us);
+            arrivals.extend_from_slice(&r.got.arrivals_us);
         }
         // Sockets whose receiver never reported count as empty.
         want += (per_node.saturating_sub(seen)) as u64 * (published / topics.len() as u64);
@@ -486,6 +510,7 @@ fn summarize(
             all_complete = false;
         }
         let latency = Percentiles::of(&mut latencies);
+        let arrival = Percentiles::of(&mut arrivals);
         let cpu = match (cpu_before[n], cpu_after[n]) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
@@ -508,6 +533,10 @@ fn summarize(
             completeness * 100.0
         );
         println!("fanout {label}: publish->receive latency {}", latency.ms());
+        println!(
+            "fanout {label}: publish->arrival (in the receiver's socket) latency {}",
+            arrival.ms()
+        );
         if let (Some(cpu), Some(per)) = (cpu, cpu_per_delivery_us) {
             println!(
                 "fanout {label}: server CPU {:.3} s = {per:.2} µs per delivery, {:.1} µs per publish",
@@ -518,12 +547,13 @@ fn summarize(
         per_node_json.push(json!({
             "node": n, "sockets": per_node, "complete_sockets": complete_sockets,
             "deliveries": delivered, "expected": want, "completeness": completeness,
-            "out_of_order": out_of_order, "latency": latency.json(),
+            "out_of_order": out_of_order, "latency": latency.json(), "arrival": arrival.json(),
             "server_cpu_s": cpu.map(|c| c.as_secs_f64()), "cpu_us_per_delivery": cpu_per_delivery_us,
             "cpu_us_per_publish": cpu.map(|c| c.as_secs_f64() * 1e6 / published.max(1) as f64),
         }));
     }
-    let calls = Percentiles::of(&mut call_latencies);
+    let answered = Percentiles::of(&mut calls.answered_us);
+    let calls = Percentiles::of(&mut calls.read_us);
     let delivered_total: u64 = results.iter().map(|r| r.got.count).sum();
     println!(
         "fanout: {published} publishes in {:.1} s ({:.1}/s, target {rate}/s), {failures} failed; {:.0} deliveries/s",
@@ -532,11 +562,15 @@ fn summarize(
         delivered_total as f64 / elapsed.as_secs_f64()
     );
     println!("fanout: POST /internal/publish latency {}", calls.ms());
+    println!(
+        "fanout: POST /internal/publish answer in the publisher's socket {}",
+        answered.ms()
+    );
     Ok(json!({
         "scenario": if targets.len() > 1 { "cluster" } else { "fanout" },
         "topics": topics.len(), "published": published, "publish_failures": failures,
         "publish_rate": published as f64 / elapsed.as_secs_f64(),
-        "publish_call": calls.json(), "nodes": per_node_json, "complete": all_complete,
+        "publish_call": calls.json(), "publish_answered": answered.json(), "nodes": per_node_json, "complete": all_complete,
     }))
 }
 
