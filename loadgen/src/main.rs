@@ -537,26 +537,14 @@ async fn compare(
         .iter()
         .map(|p| p["server"]["nodes"][0]["cpu_us_per_delivery"].clone())
         .collect();
-    let figure = |side: &str, path: [&str; 2]| -> Vec<serde_json::Value> {
-        pairs
-            .iter()
-            .map(|p| {
-                let node = if side == "server" {
-                    &p["server"]["nodes"][0]
-                } else {
-                    &p["floor"]
-                };
-                node[path[0]][path[1]].clone()
-            })
-            .collect()
+    // One p99 of every round: `pick` finds the figure's object in a pair.
+    let p99s = |pick: fn(&serde_json::Value) -> &serde_json::Value| -> Vec<serde_json::Value> {
+        pairs.iter().map(|p| pick(p)["p99_ms"].clone()).collect()
     };
-    let server_p99_ms = figure("server", ["latency", "p99_ms"]);
-    let server_arrival_p99_ms = figure("server", ["arrival", "p99_ms"]);
-    let floor_arrival_p99_ms = figure("floor", ["arrival", "p99_ms"]);
-    let answered_p99_ms: Vec<_> = pairs
-        .iter()
-        .map(|p| p["server"]["publish_answered"]["p99_ms"].clone())
-        .collect();
+    let server_p99_ms = p99s(|p| &p["server"]["nodes"][0]["latency"]);
+    let server_arrival_p99_ms = p99s(|p| &p["server"]["nodes"][0]["arrival"]);
+    let floor_arrival_p99_ms = p99s(|p| &p["floor"]["arrival"]);
+    let answered_p99_ms = p99s(|p| &p["server"]["publish_answered"]);
     let complete = pairs
         .iter()
         .all(|p| p["floor"]["complete"] == true && p["server"]["complete"] == true);
@@ -670,8 +658,10 @@ async fn smoke(server_bin: &str) -> Result<serde_json::Value> {
     }
     // The overload policy: every frame a socket did not get is reported.
     let overload = failures::overload(&target, 200, 4_000, 1_000).await?;
-    if overload["all_accounted"] != true {
-        bail!("smoke: under overload a socket lost frames no lagged notice reported: {overload}");
+    if overload["all_accounted"] != true || overload["arrival"]["n"] != overload["pushes"] {
+        bail!(
+            "smoke: under overload a socket lost frames no lagged notice reported, or a push carried no arrival stamp: {overload}"
+        );
     }
     let churn = scenario::churn(&target, 500, 16).await?;
     let mass_close = scenario::mass_close(&target, 300, 100).await?;

@@ -61,7 +61,9 @@ pub struct Epoch {
 
 impl Epoch {
     pub fn now() -> io::Result<Epoch> {
-        Ok(Epoch { ns: monotonic_ns()? })
+        Ok(Epoch {
+            ns: monotonic_ns()?,
+        })
     }
 
     pub fn elapsed_ns(&self) -> io::Result<u64> {
@@ -169,12 +171,21 @@ mod tests {
             stamped.read_exact(&mut got).await?;
             let after = monotonic_ns()?;
             let arrived = stamped.arrived_ns();
-            assert!(before <= arrived, "stamp {arrived} before the write at {before}");
+            assert!(
+                before <= arrived,
+                "stamp {arrived} before the write at {before}"
+            );
             // Read 20 ms after the write: the stamp is the arrival, not the read.
-            assert!(arrived + 10_000_000 <= after, "stamp {arrived} is the read at {after}");
+            assert!(
+                arrived + 10_000_000 <= after,
+                "stamp {arrived} is the read at {after}"
+            );
             stamps.push(arrived);
         }
-        assert!(stamps.windows(2).all(|pair| pair[0] < pair[1]), "{stamps:?}");
+        assert!(
+            stamps.windows(2).all(|pair| pair[0] < pair[1]),
+            "{stamps:?}"
+        );
         Ok(())
     }
 }

@@ -2,7 +2,9 @@
 //! accepts them, with every socket reading. What bounded staleness promises:
 //! every frame a socket did not get is reported in a `lagged` notice (so
 //! pushes + missed = publishes on every socket, in order), the frames that
-//! are delivered are fresh (their publish→receive latency), the publisher
+//! are delivered are fresh (their publish→receive latency, and their
+//! arrival in the socket, which is what the server's age bound holds to:
+//! it checks a frame's age when it writes it), the publisher
 //! is not slowed down, and the server's RSS stays bounded.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use super::PublishStream;
 use crate::measure::{rss_kib, Percentiles};
 use crate::proto::Browser;
 use crate::scenario::{field, open_many, wait_sockets, Arrivals, Target};
+use crate::stamped::monotonic_ns;
 
 /// What one socket saw.
 #[derive(Default)]
@@ -40,10 +43,12 @@ pub async fn overload(
     let (open, _, _) = open_many(target, std::slice::from_ref(&topic), sockets, deadline).await?;
     wait_sockets(&mut publisher, base + sockets, Duration::from_secs(30)).await?;
     let epoch = Instant::now();
+    // The same clock in ns, for the sockets' arrival stamps (`stamped`).
+    let epoch_ns = monotonic_ns()?;
     let published = Arc::new(AtomicU64::new(u64::MAX));
     let mut receivers = JoinSet::new();
     for (_, browser) in open {
-        receivers.spawn(account(browser, epoch, Arc::clone(&published)));
+        receivers.spawn(account(browser, epoch, epoch_ns, Arc::clone(&published)));
     }
     // The server's RSS every 100 ms while publishing and delivering.
     let done = Arc::new(AtomicBool::new(false));
@@ -106,6 +111,11 @@ pub async fn overload(
         .flat_map(|s| s.got.latencies_us.iter().copied())
         .collect();
     let latency = Percentiles::of(&mut latencies);
+    let mut arrivals: Vec<u64> = seen
+        .iter()
+        .flat_map(|s| s.got.arrivals_us.iter().copied())
+        .collect();
+    let arrival = Percentiles::of(&mut arrivals);
     let rate = accepted as f64 / publish_elapsed.as_secs_f64();
     let share = pushes as f64 * 100.0 / (accepted * sockets as u64).max(1) as f64;
     println!(
@@ -120,6 +130,10 @@ pub async fn overload(
         "overload: publish->receive latency of the delivered frames {}",
         latency.ms()
     );
+    println!(
+        "overload: publish->arrival (in the receiver's socket) latency of the delivered frames {}",
+        arrival.ms()
+    );
     if let (Some(before), Some(peak), Some(after)) = (rss_before, rss_peak, rss_after) {
         println!("overload: server RSS {before} KiB before, peak {peak} KiB, {after} KiB after");
     }
@@ -128,7 +142,7 @@ pub async fn overload(
         "publish_per_s": rate, "publish_s": publish_elapsed.as_secs_f64(),
         "delivered_pct": share, "pushes": pushes, "missed": missed, "lag_notices": notices,
         "accounted_sockets": accounted, "all_accounted": accounted == sockets,
-        "latency": latency.json(),
+        "latency": latency.json(), "arrival": arrival.json(),
         "rss_before_kib": rss_before, "rss_peak_kib": rss_peak, "rss_after_kib": rss_after,
     }))
 }
@@ -138,6 +152,7 @@ pub async fn overload(
 async fn account(
     mut browser: Browser,
     epoch: Instant,
+    epoch_ns: u64,
     published: Arc<AtomicU64>,
 ) -> (Accounted, Browser) {
     let mut seen = Accounted::default();
@@ -163,8 +178,9 @@ async fn account(
             seen.got.next_seq += missed;
             continue;
         }
-        // Overload's figure is the read latency (the stricter one).
-        seen.got.record(&text, epoch.elapsed().as_nanos() as u64, None);
+        let arrived = browser.arrived_ns().checked_sub(epoch_ns);
+        seen.got
+            .record(&text, epoch.elapsed().as_nanos() as u64, arrived);
     }
     (seen, browser)
 }
