@@ -309,6 +309,9 @@ fn bounded(sockets: usize) -> Result<usize> {
 }
 
 async fn run(scenario: Scenario) -> Result<serde_json::Value> {
+    // Every socket read from carries the kernel's receive stamps (see
+    // `stamped`); they are on before the first socket opens.
+    let _stamping = stamped::Stamping::on().await?;
     match scenario {
         Scenario::Idle {
             target: t,

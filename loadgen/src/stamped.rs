@@ -19,12 +19,14 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_gettime, ClockId};
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::TcpStream;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP stream whose reads keep the kernel's receive stamp of the newest
 /// segment they took.
@@ -46,9 +48,41 @@ impl Stamped {
     }
 
     /// When the newest bytes read so far reached the socket (CLOCK_MONOTONIC
-    /// ns; 0 if no read carried a stamp yet).
+    /// ns; 0 if no read carried a stamp yet, see [`Stamping`]).
     pub fn arrived_ns(&self) -> u64 {
         self.arrived_ns
+    }
+}
+
+/// Receive stamping kept on for the whole run. The kernel switches it on
+/// for the host in deferred work when the first socket asks for it (and
+/// off when the last such socket closes), so without this the first
+/// segments of a run, or of each scenario, could come unstamped.
+pub struct Stamping {
+    _pair: (Stamped, TcpStream),
+}
+
+impl Stamping {
+    /// Returns once a read on a loopback pair of its own carried a stamp.
+    pub async fn on() -> io::Result<Stamping> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (mut server, _) = listener.accept().await?;
+        let mut stamped = Stamped::new(client)?;
+        let mut byte = [0u8; 1];
+        for _ in 0..200 {
+            server.write_all(b"s").await?;
+            stamped.read_exact(&mut byte).await?;
+            if stamped.arrived_ns() != 0 {
+                return Ok(Stamping {
+                    _pair: (stamped, server),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(io::Error::other(
+            "the kernel stamped no received segment within 1 s (SO_TIMESTAMPNS)",
+        ))
     }
 }
 
@@ -152,7 +186,6 @@ impl AsyncWrite for Stamped {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A stamp lies between the write and the read that took the bytes,
     /// and later writes give later stamps.
@@ -161,6 +194,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let client = TcpStream::connect(listener.local_addr()?).await?;
         let (mut server, _) = listener.accept().await?;
+        let _on = Stamping::on().await?;
         let mut stamped = Stamped::new(client)?;
         let mut stamps = Vec::new();
         for _ in 0..3 {
