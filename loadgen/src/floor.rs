@@ -102,7 +102,6 @@ pub async fn floor(
     } = load;
     let topic_count = topic_count.clamp(1, sockets.max(1));
     let epoch = Epoch::now()?;
-    let epoch_ns = epoch.ns;
     let mut args = vec![
         "floor-sender".to_string(),
         format!("--sockets={sockets}"),
@@ -110,7 +109,7 @@ pub async fn floor(
         format!("--rate={rate}"),
         format!("--duration-ms={}", duration.as_millis()),
         format!("--payload-bytes={payload_bytes}"),
-        format!("--epoch-ns={epoch_ns}"),
+        format!("--epoch-ns={}", epoch.ns),
         format!("--threads={threads}"),
     ];
     if let Some(list) = &cpus.0 {

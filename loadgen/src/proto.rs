@@ -202,8 +202,6 @@ pub struct Publisher {
     target: SocketAddr,
     secret: String,
     stream: Option<BufReader<Stamped>>,
-    /// When the last answer's bytes reached the socket (CLOCK_MONOTONIC ns).
-    answered_ns: u64,
 }
 
 impl Publisher {
@@ -212,14 +210,15 @@ impl Publisher {
             target,
             secret: secret.to_string(),
             stream: None,
-            answered_ns: 0,
         }
     }
 
     /// When the last answer reached this client's socket (CLOCK_MONOTONIC
     /// ns): the answer's time without this thread's own wait for a CPU.
     pub fn answered_ns(&self) -> u64 {
-        self.answered_ns
+        self.stream
+            .as_ref()
+            .map_or(0, |stream| stream.get_ref().arrived_ns())
     }
 
     /// One request; returns the status code and body.
@@ -285,7 +284,6 @@ impl Publisher {
         }
         let mut body = vec![0u8; content_length];
         stream.read_exact(&mut body).await?;
-        self.answered_ns = stream.get_ref().arrived_ns();
         Ok((status, String::from_utf8_lossy(&body).to_string()))
     }
 

@@ -212,9 +212,10 @@ pub(crate) struct Arrivals {
 
 impl Arrivals {
     /// Counts `text` if it is a push (its payload's `seq` and send time
-    /// `t`), read `now_ns` after the epoch, its bytes in the socket
-    /// `arrived_ns` after it (None: the read carried no stamp).
-    pub(crate) fn record(&mut self, text: &str, now_ns: u64, arrived_ns: Option<u64>) {
+    /// `t`, ns after `epoch`), read now, its bytes in the socket at
+    /// `arrived_ns` (CLOCK_MONOTONIC; before the epoch: no stamp).
+    pub(crate) fn record(&mut self, text: &str, epoch: Epoch, arrived_ns: u64) {
+        let now_ns = epoch.elapsed_ns().unwrap_or(u64::MAX);
         let (Some(seq), Some(t)) = (field(text, "\"seq\":"), field(text, "\"t\":")) else {
             return;
         };
@@ -224,7 +225,7 @@ impl Arrivals {
         self.next_seq = seq + 1;
         self.count += 1;
         self.latencies_us.push(now_ns.saturating_sub(t) / 1000);
-        if let Some(arrived) = arrived_ns {
+        if let Some(arrived) = arrived_ns.checked_sub(epoch.ns) {
             self.arrivals_us.push(arrived.saturating_sub(t) / 1000);
         }
     }
@@ -397,15 +398,15 @@ impl PublishRun {
                     r#"{{"topic":"{}","payload":{{"seq":{seq},"t":{t},"pad":"{pad}"}}}}"#,
                     self.topics[k]
                 );
-                let begun = Instant::now();
-                let begun_ns = monotonic_ns()?;
+                let begun = monotonic_ns()?;
                 let (status, _) = publisher
                     .request("POST", "/internal/publish", &body)
                     .await?;
-                calls.read_us.push(begun.elapsed().as_micros() as u64);
-                let answered = publisher.answered_ns();
-                if answered >= begun_ns {
-                    calls.answered_us.push((answered - begun_ns) / 1000);
+                calls
+                    .read_us
+                    .push(monotonic_ns()?.saturating_sub(begun) / 1000);
+                if let Some(answered) = publisher.answered_ns().checked_sub(begun) {
+                    calls.answered_us.push(answered / 1000);
                 }
                 if status == 200 {
                     sent_per_topic[k] += 1;
@@ -446,9 +447,7 @@ pub(crate) async fn receive(
             Ok(Err(_)) => break,
             Err(_) => continue,
         };
-        let now = epoch.elapsed_ns().unwrap_or(u64::MAX);
-        let arrived = browser.arrived_ns().checked_sub(epoch.ns);
-        received.got.record(&text, now, arrived);
+        received.got.record(&text, epoch, browser.arrived_ns());
     }
     (received, browser)
 }

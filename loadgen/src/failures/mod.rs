@@ -15,6 +15,7 @@ use anyhow::Result;
 
 use crate::proto::{Browser, Publisher};
 use crate::scenario::{field, Target};
+use crate::stamped::Epoch;
 
 pub use self::drain::drain;
 pub use self::overload::overload;
@@ -107,7 +108,7 @@ pub(crate) struct PublishStream {
     payload_bytes: usize,
     rate: f64,
     /// When set, each payload also carries `"t"`: nanoseconds since this.
-    epoch: Option<Instant>,
+    epoch: Option<Epoch>,
 }
 
 impl PublishStream {
@@ -130,7 +131,7 @@ impl PublishStream {
     }
 
     /// Payloads carry their send time (`"t"`, nanoseconds since `epoch`).
-    pub(crate) fn stamped(mut self, epoch: Instant) -> Self {
+    pub(crate) fn stamped(mut self, epoch: Epoch) -> Self {
         self.epoch = Some(epoch);
         self
     }
@@ -151,9 +152,10 @@ impl PublishStream {
                 if let Some(ticker) = ticker.as_mut() {
                     ticker.tick().await;
                 }
-                let stamp = self.epoch.map_or(String::new(), |epoch| {
-                    format!(r#""t":{},"#, epoch.elapsed().as_nanos())
-                });
+                let stamp = match self.epoch {
+                    Some(epoch) => format!(r#""t":{},"#, epoch.elapsed_ns()?),
+                    None => String::new(),
+                };
                 let body = format!(
                     r#"{{"topic":"{}","payload":{{"seq":{accepted},{stamp}"pad":"{pad}"}}}}"#,
                     self.topic

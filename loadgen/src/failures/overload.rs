@@ -19,7 +19,7 @@ use super::PublishStream;
 use crate::measure::{rss_kib, Percentiles};
 use crate::proto::Browser;
 use crate::scenario::{field, open_many, wait_sockets, Arrivals, Target};
-use crate::stamped::monotonic_ns;
+use crate::stamped::Epoch;
 
 /// What one socket saw.
 #[derive(Default)]
@@ -42,13 +42,11 @@ pub async fn overload(
     let (topic, mut publisher, base) = super::fresh_topic(target).await?;
     let (open, _, _) = open_many(target, std::slice::from_ref(&topic), sockets, deadline).await?;
     wait_sockets(&mut publisher, base + sockets, Duration::from_secs(30)).await?;
-    let epoch = Instant::now();
-    // The same clock in ns, for the sockets' arrival stamps (`stamped`).
-    let epoch_ns = monotonic_ns()?;
+    let epoch = Epoch::now()?;
     let published = Arc::new(AtomicU64::new(u64::MAX));
     let mut receivers = JoinSet::new();
     for (_, browser) in open {
-        receivers.spawn(account(browser, epoch, epoch_ns, Arc::clone(&published)));
+        receivers.spawn(account(browser, epoch, Arc::clone(&published)));
     }
     // The server's RSS every 100 ms while publishing and delivering.
     let done = Arc::new(AtomicBool::new(false));
@@ -76,7 +74,7 @@ pub async fn overload(
         seen.push(accounted);
         browsers.push(browser);
     }
-    let delivered_by = epoch.elapsed();
+    let delivered_by = Duration::from_nanos(epoch.elapsed_ns()?);
     done.store(true, Ordering::Relaxed);
     let rss_peak = match sampler {
         Some(sampler) => Some(sampler.await?),
@@ -151,8 +149,7 @@ pub async fn overload(
 /// count is known), the server closes, or 30 s of silence.
 async fn account(
     mut browser: Browser,
-    epoch: Instant,
-    epoch_ns: u64,
+    epoch: Epoch,
     published: Arc<AtomicU64>,
 ) -> (Accounted, Browser) {
     let mut seen = Accounted::default();
@@ -178,9 +175,7 @@ async fn account(
             seen.got.next_seq += missed;
             continue;
         }
-        let arrived = browser.arrived_ns().checked_sub(epoch_ns);
-        seen.got
-            .record(&text, epoch.elapsed().as_nanos() as u64, arrived);
+        seen.got.record(&text, epoch, browser.arrived_ns());
     }
     (seen, browser)
 }
