@@ -93,6 +93,13 @@ fn redis_args(port: u16, extra: &[String]) -> Vec<String> {
     args
 }
 
+/// `--dir` for a server of the set: a replica's full sync writes an RDB
+/// file even with `--save ""`, and it belongs in the test's directory, not
+/// in the working directory of the test run.
+fn dir_arg(dir: &Path) -> Vec<String> {
+    vec!["--dir".to_string(), dir.display().to_string()]
+}
+
 /// One command to `127.0.0.1:port`, answered within 2 s.
 pub async fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
@@ -255,7 +262,10 @@ impl SentinelSet {
         let master = Proc::new(
             "redis-server",
             master_port,
-            redis_args(master_port, &secured.server_args(master_port)),
+            redis_args(
+                master_port,
+                &[secured.server_args(master_port), dir_arg(dir)].concat(),
+            ),
         );
         let mut replica_args = secured.server_args(replica_port);
         replica_args.extend([
@@ -263,6 +273,7 @@ impl SentinelSet {
             "127.0.0.1".to_string(),
             master_port.to_string(),
         ]);
+        replica_args.extend(dir_arg(dir));
         let replica = Proc::new(
             "redis-server",
             replica_port,
