@@ -33,9 +33,10 @@ pub async fn drain(
         receivers.spawn(read_pushes(browser, u64::MAX, Arc::clone(&drain_until)));
     }
     let stream = PublishStream::new(target, &topic, publishes, payload_bytes, rate);
-    let (accepted, _) = tokio::task::spawn_blocking(move || stream.run())
+    let accepted = tokio::task::spawn_blocking(move || stream.run())
         .await
-        .context("publisher thread")??;
+        .context("publisher thread")??
+        .accepted;
     let signalled = Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

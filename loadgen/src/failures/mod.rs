@@ -98,6 +98,16 @@ fn close_code_of(error: &anyhow::Error) -> Option<u16> {
         .and_then(|code| code.parse().ok())
 }
 
+/// What a [`PublishStream`] did.
+pub(crate) struct Streamed {
+    /// Publishes answered 200, in seq order.
+    pub(crate) accepted: u64,
+    pub(crate) elapsed: Duration,
+    /// Each call's time from its request to its answer, as the publisher
+    /// read it (µs, in seq order).
+    pub(crate) answers_us: Vec<u64>,
+}
+
 /// Publishes `{"seq":n,"pad":…}` `count` times to one topic, back-to-back
 /// (`rate` 0) or at `rate`/s, on a thread of its own.
 pub(crate) struct PublishStream {
@@ -136,8 +146,9 @@ impl PublishStream {
         self
     }
 
-    /// The number of publishes answered 200 (in seq order) and the time taken.
-    pub(crate) fn run(self) -> Result<(u64, Duration)> {
+    /// The publishes answered 200 (in seq order), the time taken, and each
+    /// call's time to its answer.
+    pub(crate) fn run(self) -> Result<Streamed> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -148,6 +159,7 @@ impl PublishStream {
                 .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate)));
             let started = Instant::now();
             let mut accepted = 0u64;
+            let mut answers_us = Vec::with_capacity(self.count.min(1 << 20) as usize);
             for _ in 0..self.count {
                 if let Some(ticker) = ticker.as_mut() {
                     ticker.tick().await;
@@ -160,15 +172,21 @@ impl PublishStream {
                     r#"{{"topic":"{}","payload":{{"seq":{accepted},{stamp}"pad":"{pad}"}}}}"#,
                     self.topic
                 );
+                let call = Instant::now();
                 let (status, text) = publisher
                     .request("POST", "/internal/publish", &body)
                     .await?;
+                answers_us.push(call.elapsed().as_micros() as u64);
                 if status != 200 {
                     anyhow::bail!("publish {accepted}: HTTP {status} {text}");
                 }
                 accepted += 1;
             }
-            Ok((accepted, started.elapsed()))
+            Ok(Streamed {
+                accepted,
+                elapsed: started.elapsed(),
+                answers_us,
+            })
         })
     }
 }

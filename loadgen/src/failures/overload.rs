@@ -63,9 +63,11 @@ pub async fn overload(
     });
     let rss_before = target.pid.map(rss_kib).transpose()?;
     let stream = PublishStream::new(target, &topic, publishes, payload_bytes, 0.0).stamped(epoch);
-    let (accepted, publish_elapsed) = tokio::task::spawn_blocking(move || stream.run())
+    let mut streamed = tokio::task::spawn_blocking(move || stream.run())
         .await
         .context("publisher thread")??;
+    let (accepted, publish_elapsed) = (streamed.accepted, streamed.elapsed);
+    let answers = Percentiles::of(&mut streamed.answers_us);
     published.store(accepted, Ordering::Relaxed);
     let mut seen = Vec::new();
     let mut browsers = Vec::new();
@@ -122,6 +124,10 @@ pub async fn overload(
         delivered_by.as_secs_f64()
     );
     println!(
+        "overload: publish answers (request to answer read) {}",
+        answers.ms()
+    );
+    println!(
         "overload: {pushes} pushes delivered ({share:.1} %), {missed} reported missed in {notices} lagged notices; {accounted}/{sockets} sockets account for every publish, in order"
     );
     println!(
@@ -140,7 +146,7 @@ pub async fn overload(
         "publish_per_s": rate, "publish_s": publish_elapsed.as_secs_f64(),
         "delivered_pct": share, "pushes": pushes, "missed": missed, "lag_notices": notices,
         "accounted_sockets": accounted, "all_accounted": accounted == sockets,
-        "latency": latency.json(), "arrival": arrival.json(),
+        "latency": latency.json(), "arrival": arrival.json(), "publish_call": answers.json(),
         "rss_before_kib": rss_before, "rss_peak_kib": rss_peak, "rss_after_kib": rss_after,
     }))
 }

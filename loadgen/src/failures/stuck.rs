@@ -54,9 +54,10 @@ pub async fn stuck(
         Arc::clone(&done),
     ));
     let stream = PublishStream::new(target, &topic, publishes, payload_bytes, rate);
-    let (accepted, publish_elapsed) = tokio::task::spawn_blocking(move || stream.run())
+    let streamed = tokio::task::spawn_blocking(move || stream.run())
         .await
         .context("publisher thread")??;
+    let (accepted, publish_elapsed) = (streamed.accepted, streamed.elapsed);
     let cpu_after = target.pid.and_then(|p| cpu_time(p).ok());
     let _ = drain_until.set(Instant::now() + Duration::from_secs(5));
     let mut seen = Vec::new();
