@@ -243,7 +243,10 @@ pub struct Limits {
     pub socket_queue: usize,
     /// A publish older than this (from when it was queued for fan-out),
     /// still in the fan-out queue or in a socket's queue, is dropped instead
-    /// of sent, and reported in the socket's next `lagged`.
+    /// of sent, and reported in the socket's next `lagged`. The node stops
+    /// handing a frame out a little before (`hub::delivery_allowance`: 1/50
+    /// of it, at most 20 ms), the time its way into the client's socket may
+    /// take, so that frames arrive within it.
     #[serde(with = "go_duration")]
     pub max_frame_age: Duration,
     /// Upper bound of one internal API request.
