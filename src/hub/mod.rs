@@ -226,6 +226,16 @@ impl Hub {
         delivery
     }
 
+    /// Wakes every socket's session (shutdown: each then finds the node's
+    /// drain deadline set, see `ws::session`).
+    pub fn wake_all(&self) {
+        for members in self.topics.iter() {
+            for outbox in members.values() {
+                outbox.nudge();
+            }
+        }
+    }
+
     /// `n` publishes to `topic` that are not delivered (they went stale
     /// before the fan-out took them) are counted as missed by every socket
     /// on it, in its next lag notice, with the (older, so stale) frames

@@ -192,6 +192,13 @@ impl Outbox {
         queued
     }
 
+    /// Wakes the session with nothing queued: it looks at the node's state
+    /// (shutdown) on its way back to the wait.
+    pub(super) fn nudge(&self) {
+        let waker = self.lock().notify();
+        wake(waker);
+    }
+
     /// Gives the hub the socket for write-through; it is used once the
     /// session [`release`](Self::release)s it.
     pub fn attach(&self, socket: Arc<TcpStream>) {

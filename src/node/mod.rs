@@ -129,6 +129,11 @@ impl Node {
         }
         let _ = self.drain_deadline.set(Instant::now() + SHUTDOWN_DRAIN);
         self.shutdown.cancel();
+        // The sockets' sessions do not wait on the token (it would cost
+        // every idle socket 72 bytes): each is woken and finds the drain
+        // deadline set. One subscribing meanwhile finds it set too: it
+        // reads the deadline after its subscription took the hub's lock.
+        self.hub.wake_all();
         self.tasks.close();
     }
 

@@ -142,6 +142,13 @@ impl Admissions {
     }
 }
 
+impl Admission {
+    /// The client's address the slot is counted for.
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         self.admissions.sockets.fetch_sub(1, Ordering::Relaxed);

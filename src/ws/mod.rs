@@ -161,7 +161,6 @@ async fn upgrade(
         Arc::clone(&node),
         topic,
         meta,
-        client,
         admission,
     ));
     handshake::switching_protocols(&accept)
@@ -193,7 +192,6 @@ pub(crate) fn session_future_for_size(node: Arc<Node>) -> impl std::future::Futu
         node,
         "t".to_string(),
         crate::registry::TopicMeta::default(),
-        client,
         admission,
     )
 }

@@ -45,18 +45,17 @@ pub fn run(
     node: Arc<Node>,
     topic: String,
     meta: TopicMeta,
-    client: IpAddr,
     admission: Admission,
 ) -> impl std::future::Future<Output = ()> {
     // Built out here and moved in whole: a value the future takes apart
-    // would be stored twice.
+    // would be stored twice. The node and the client's address are kept
+    // once, in it (the future reads them from there).
     let mut closed = ClosedLog {
-        node: Arc::clone(&node),
-        client,
+        node,
         topic: Arc::from(topic),
         started: std::time::Instant::now(),
         connected: false,
-        _admission: admission,
+        admission,
     };
     async move {
         let upgraded = match on_upgrade.await {
@@ -69,9 +68,9 @@ pub fn run(
         closed.connected = true;
         let mut conn = Connection::new(Upgrade::new(upgraded), MAX_INBOUND_MESSAGE);
         super::log::connection(
-            &node,
+            &closed.node,
             "websocket connected",
-            closed.client,
+            closed.admission.client(),
             &closed.topic,
             None,
         );
@@ -79,26 +78,30 @@ pub fn run(
         // (long-lived) session future; the same goes for status requests below.
         let Some(user_id) = Box::pin(authenticate(
             &mut conn,
-            &node,
+            &closed.node,
             &closed.topic,
             meta,
-            closed.client,
+            closed.admission.client(),
         ))
         .await
         else {
             return;
         };
         super::log::connection(
-            &node,
+            &closed.node,
             "websocket authenticated",
-            closed.client,
+            closed.admission.client(),
             &closed.topic,
             Some(user_id),
         );
-        let subscription = node.hub().subscribe(&closed.topic, user_id);
+        let subscription = closed.node.hub().subscribe(&closed.topic, user_id);
         // The hub's copy of the name, shared by the topic's sockets.
         closed.topic = subscription.shared_topic();
-        node.metrics().authenticated.fetch_add(1, Ordering::Relaxed);
+        closed
+            .node
+            .metrics()
+            .authenticated
+            .fetch_add(1, Ordering::Relaxed);
         // The hub only queues until auth_ok is out (a new outbox is the
         // session's); then it may write pushes into the socket itself.
         if let Some(socket) = conn.socket() {
@@ -106,7 +109,7 @@ pub fn run(
         }
         // Boxed, as the rare paths below: its state would stay in the session
         // future.
-        if Box::pin(write(&mut conn, &node, None, &frames::auth_ok()))
+        if Box::pin(write(&mut conn, &closed.node, None, &frames::auth_ok()))
             .await
             .is_err()
         {
@@ -122,12 +125,17 @@ pub fn run(
         // the earlier of the two moves.
         let keepalive = tokio::time::sleep_until(next_ping);
         tokio::pin!(keepalive);
-        // Created once: every socket shares the node's token, and re-creating
-        // this future per loop would lock the token's state twice per frame.
-        let shutdown = node.shutdown().cancelled();
-        tokio::pin!(shutdown);
 
         loop {
+            // Shutdown: the node wakes every outbox once the drain deadline
+            // is set (`Node::stop`), so this check after each wake-up is
+            // the session's signal, and no future of the node's token (72
+            // bytes) stays in every idle socket's task. A session that
+            // subscribed after that wake-up finds the deadline set here.
+            if closed.node.drain_deadline().is_some() {
+                Box::pin(flush_and_close(&mut conn, &closed.node, outbox)).await;
+                return;
+            }
             {
                 let wake_at = next_ping.min(last_heard + IDLE_TIMEOUT);
                 if keepalive.deadline() != wake_at {
@@ -135,19 +143,15 @@ pub fn run(
                 }
             }
             tokio::select! {
-                () = &mut shutdown => {
-                    Box::pin(flush_and_close(&mut conn, &node, outbox)).await;
-                    return;
-                }
                 _ = outbox.ready() => {
-                    // Until shutdown, whose branch then takes over (an atomic
-                    // read: the token's own check takes a lock).
-                    while node.drain_deadline().is_none() {
-                        match Box::pin(write_queued(&mut conn, &node, outbox, fresh_now())).await {
+                    // Until shutdown, which the top of the loop then takes
+                    // over (an atomic read).
+                    while closed.node.drain_deadline().is_none() {
+                        match Box::pin(write_queued(&mut conn, &closed.node, outbox, fresh_now())).await {
                             Ok(0) => break,
                             Ok(_) => {}
                             Err(error) => {
-                                Box::pin(end_after(&mut conn, &node, outbox, error)).await;
+                                Box::pin(end_after(&mut conn, &closed.node, outbox, error)).await;
                                 return;
                             }
                         }
@@ -157,20 +161,20 @@ pub fn run(
                     let inbound = match inbound {
                         Ok(inbound) => inbound,
                         Err(error) => {
-                            Box::pin(read_failed(&mut conn, &node, outbox, error)).await;
+                            Box::pin(read_failed(&mut conn, &closed.node, outbox, error)).await;
                             return;
                         }
                     };
                     last_heard = Instant::now();
                     match inbound {
                         Inbound::Ping(payload) => {
-                            if !Box::pin(pong(&mut conn, &node, outbox, &payload)).await {
+                            if !Box::pin(pong(&mut conn, &closed.node, outbox, &payload)).await {
                                 return;
                             }
                             outbox.release();
                         }
                         Inbound::Close(code) => {
-                            Box::pin(close_after(&mut conn, &node, outbox, code)).await;
+                            Box::pin(close_after(&mut conn, &closed.node, outbox, code)).await;
                             return;
                         }
                         Inbound::Text(text)
@@ -180,8 +184,8 @@ pub fn run(
                         {
                             last_status = Some(Instant::now());
                             // Boxed: its state stays out of the session future.
-                            if let Err(error) = Box::pin(answer_status(&mut conn, &node, outbox)).await {
-                                Box::pin(end_after(&mut conn, &node, outbox, error)).await;
+                            if let Err(error) = Box::pin(answer_status(&mut conn, &closed.node, outbox)).await {
+                                Box::pin(end_after(&mut conn, &closed.node, outbox, error)).await;
                                 return;
                             }
                             outbox.release();
@@ -193,7 +197,7 @@ pub fn run(
                 () = &mut keepalive => {
                     let idle = Instant::now() >= last_heard + IDLE_TIMEOUT;
                     next_ping = Instant::now() + PING_INTERVAL;
-                    if !Box::pin(ping_or_close_idle(&mut conn, &node, outbox, idle)).await {
+                    if !Box::pin(ping_or_close_idle(&mut conn, &closed.node, outbox, idle)).await {
                         return;
                     }
                     outbox.release();
@@ -208,17 +212,22 @@ pub fn run(
 /// which is declared after it).
 struct ClosedLog {
     node: Arc<Node>,
-    client: IpAddr,
     topic: Arc<str>,
     started: std::time::Instant,
     connected: bool,
-    _admission: Admission,
+    /// The client's slot, and its address.
+    admission: Admission,
 }
 
 impl Drop for ClosedLog {
     fn drop(&mut self) {
         if self.connected {
-            super::log::closed(&self.node, self.client, &self.topic, self.started.elapsed());
+            super::log::closed(
+                &self.node,
+                self.admission.client(),
+                &self.topic,
+                self.started.elapsed(),
+            );
         }
     }
 }
