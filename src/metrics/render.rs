@@ -149,7 +149,7 @@ impl Metrics {
             ),
             (
                 "skywave_stale_frames_total",
-                "frames not sent because the publish was older than limits.max_frame_age (one per socket: in its queue, or still in the fan-out queue)",
+                "frames not sent because the publish was older than limits.max_frame_age, less its delivery allowance (one per socket: in its queue, or still in the fan-out queue)",
                 &self.stale_frames,
             ),
             (
