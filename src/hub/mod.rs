@@ -657,6 +657,24 @@ mod tests {
         assert_eq!(hub.miss("nobody", 3), 0);
     }
 
+    #[tokio::test]
+    async fn wake_all_wakes_every_session_with_nothing_queued() {
+        let hub = Hub::new(8);
+        let sockets: Vec<Subscription> = ["a", "a", "b"]
+            .iter()
+            .map(|topic| hub.subscribe(topic, 1))
+            .collect();
+        let waiting =
+            |s: &Subscription| futures_util::FutureExt::now_or_never(s.outbox().ready()).is_none();
+        assert!(sockets.iter().all(waiting), "nothing to wake for yet");
+        hub.wake_all();
+        for s in &sockets {
+            assert!(!waiting(s), "woken");
+            assert!(s.outbox().is_empty(), "and nothing queued");
+        }
+        assert!(sockets.iter().all(waiting), "once");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_last_flush_keeps_stale_frames() {
         let hub = Hub::with_limits(8, Duration::from_secs(1));
