@@ -218,21 +218,20 @@ impl Hub {
     pub fn deliver_all_accepted(&self, frame: &Frame, accepted: Instant) -> Delivery {
         let mut delivery = Delivery::default();
         let mut fan_out = FanOut::new(self, frame, accepted, Instant::now);
-        for members in self.topics.iter() {
-            for outbox in members.values() {
-                fan_out.push(outbox, &mut delivery);
-            }
-        }
+        self.for_each_outbox(|outbox| fan_out.push(outbox, &mut delivery));
         delivery
     }
 
     /// Wakes every socket's session (shutdown: each then finds the node's
     /// drain deadline set, see `ws::session`).
     pub fn wake_all(&self) {
+        self.for_each_outbox(Outbox::nudge);
+    }
+
+    /// Every socket's outbox on this node, topic by topic.
+    fn for_each_outbox(&self, mut each: impl FnMut(&Outbox)) {
         for members in self.topics.iter() {
-            for outbox in members.values() {
-                outbox.nudge();
-            }
+            members.values().for_each(|outbox| each(outbox));
         }
     }
 

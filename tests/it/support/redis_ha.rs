@@ -75,7 +75,10 @@ impl Drop for Proc {
     }
 }
 
-fn redis_args(port: u16, extra: &[String]) -> Vec<String> {
+/// A server of a set on `port`, its files (a replica's full sync writes an
+/// RDB file even with `--save ""`; a cluster node its config) in `dir`, the
+/// test's own directory, not the working directory of the test run.
+fn redis_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--bind",
         "127.0.0.1",
@@ -85,19 +88,14 @@ fn redis_args(port: u16, extra: &[String]) -> Vec<String> {
         "",
         "--appendonly",
         "no",
+        "--dir",
+        &dir.display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().cloned());
     args
-}
-
-/// `--dir` for a server of the set: a replica's full sync writes an RDB
-/// file even with `--save ""`, and it belongs in the test's directory, not
-/// in the working directory of the test run.
-fn dir_arg(dir: &Path) -> Vec<String> {
-    vec!["--dir".to_string(), dir.display().to_string()]
 }
 
 /// One command to `127.0.0.1:port`, answered within 2 s.
@@ -262,10 +260,7 @@ impl SentinelSet {
         let master = Proc::new(
             "redis-server",
             master_port,
-            redis_args(
-                master_port,
-                &[secured.server_args(master_port), dir_arg(dir)].concat(),
-            ),
+            redis_args(master_port, dir, &secured.server_args(master_port)),
         );
         let mut replica_args = secured.server_args(replica_port);
         replica_args.extend([
@@ -273,11 +268,10 @@ impl SentinelSet {
             "127.0.0.1".to_string(),
             master_port.to_string(),
         ]);
-        replica_args.extend(dir_arg(dir));
         let replica = Proc::new(
             "redis-server",
             replica_port,
-            redis_args(replica_port, &replica_args),
+            redis_args(replica_port, dir, &replica_args),
         );
         let mut sentinels = Vec::new();
         for (i, port) in ports[2..].iter().copied().enumerate() {
@@ -475,6 +469,7 @@ impl RedisCluster {
                 port,
                 redis_args(
                     port,
+                    dir,
                     &[
                         "--cluster-enabled".to_string(),
                         "yes".to_string(),
@@ -488,8 +483,6 @@ impl RedisCluster {
                         "0".to_string(),
                         "--repl-diskless-sync-delay".to_string(),
                         "0".to_string(),
-                        "--dir".to_string(),
-                        dir.display().to_string(),
                     ],
                 ),
             ));
